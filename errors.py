@@ -1,0 +1,93 @@
+"""ESP's exceptions, one tree under ``EspError``.
+
+    EspError
+     ├── ConfigError          bad or missing configuration, found at start
+     ├── NodeError
+     │    ├── NodeUnreachable  a node did not answer (connection refused, timeout)
+     │    ├── RpcError         a node answered with a JSON-RPC error object
+     │    ├── NodeStartError   a managed node could not be started
+     │    └── ChainDiverged    a follower's imported block differs from the leader's
+     ├── NoHealthyNode        no node in the pool may take the work now
+     ├── ValidationError      a request's field is malformed or impossible (HTTP 4xx)
+     ├── NotFound             a named resource does not exist (HTTP 404)
+     ├── Conflict             the request conflicts with the current state (HTTP 409)
+     └── Unauthorized         an admin operation without a valid admin key (HTTP 401)
+
+``app/errors.py`` alone maps these to RFC 9457 problem responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EspError(Exception):
+    """Root of every error ESP raises on purpose."""
+
+
+class ConfigError(EspError):
+    """Raised at start when configuration cannot work; the message says how to fix it."""
+
+
+class NodeError(EspError):
+    """Raised when talking to or managing an Ethereum node fails."""
+
+    def __init__(self, message: str, *, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+
+class NodeUnreachable(NodeError):
+    """Raised when a node does not answer in time or refuses the connection."""
+
+
+class RpcError(NodeError):
+    """Raised when a node answers a call with a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None, *, node_id: str | None = None) -> None:
+        super().__init__(f"{message} (code {code})", node_id=node_id)
+        self.code = code
+        self.rpc_message = message
+        self.data = data
+
+
+class NodeStartError(NodeError):
+    """Raised when a managed node cannot be started (binary missing, port taken, crash)."""
+
+
+class ChainDiverged(NodeError):
+    """Raised when a follower imports a block whose hash or state root differs from the leader's."""
+
+
+class NoHealthyNode(EspError):
+    """Raised when no node in the pool may take work (all down, zone III, or LBH < 0)."""
+
+
+class ValidationError(EspError):
+    """Raised when a request field is malformed or impossible; names the field."""
+
+    def __init__(self, field: str, message: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+        self.status = status
+
+
+class NotFound(EspError):
+    """Raised when a named resource (task, account, block, project) does not exist."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Conflict(EspError):
+    """Raised when a request conflicts with current state (e.g. an idempotency key reused)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Unauthorized(EspError):
+    """Raised when an admin operation comes without a valid ``Authorization: Bearer`` key."""

@@ -1,0 +1,196 @@
+"""ESP's one settings object, read from the environment (and an optional ``.env``).
+
+This is the only module that reads ``os.environ``. Every field is an ``ESP_``
+variable; ``Settings.describe()`` lists them with their defaults and is what
+the README's configuration table is checked against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent
+
+#: The private key of anvil's first dev account (mnemonic "test test ... junk").
+#: Public knowledge: a development default only, refused in production.
+DEV_TREASURY_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+DEV_SECRET_KEY = "dev-insecure-secret-change-me"  # noqa: S105 - refused in production
+
+BACKENDS = ("process", "static", "docker")
+
+
+def _setting(env: str, default: Any, doc: str, **kw: Any) -> Any:
+    meta = {"env": env, "doc": doc}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ESP's processes are configured by; build it with ``from_env``."""
+
+    env: str = _setting("ESP_ENV", "development", "development or production; production refuses development secrets")
+    redis_url: str = _setting("ESP_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis for the broker, results, node registry and snapshots")
+    node_backend: str = _setting("ESP_NODE_BACKEND", "process", "process (anvil started by ESP), docker (anvil containers) or static (ESP_NODE_URLS)")
+    node_count: int = _setting("ESP_NODE_COUNT", 3, "how many managed nodes to start (process and docker backends), 1..16")
+    node_urls: tuple[str, ...] = _setting("ESP_NODE_URLS", (), "comma-separated JSON-RPC URLs for the static backend")
+    node_host: str = _setting("ESP_NODE_HOST", "127.0.0.1", "loopback address managed nodes listen on")
+    node_port_base: int = _setting("ESP_NODE_PORT_BASE", 0, "first port of managed nodes (node i gets base+i); 0 picks free ports")
+    anvil_bin: str = _setting("ESP_ANVIL_BIN", "", "path to the anvil binary; empty finds the one npm installed into node_modules/")
+    chain_id: int = _setting("ESP_CHAIN_ID", 31337, "chain id of the managed devnet")
+    block_time: float = _setting("ESP_BLOCK_TIME", 1.0, "seconds between blocks on the devnet leader (interval mining); 0 selects automine")
+    genesis_timestamp: int = _setting("ESP_GENESIS_TIMESTAMP", 1700000000, "genesis timestamp shared by every devnet node")
+    block_gas_limit: int = _setting("ESP_BLOCK_GAS_LIMIT", 30_000_000, "block gas limit of the devnet")
+    node_memory_cap_mb: int = _setting("ESP_NODE_MEMORY_CAP_MB", 2048, "a node using more memory than this is recycled")
+    node_cpu_limit: float = _setting("ESP_NODE_CPU_LIMIT", 1.0, "CPU limit of a node container (docker backend), in cores")
+    docker_image: str = _setting("ESP_DOCKER_IMAGE", "esp-anvil:1.7.1", "image the docker backend runs (built locally by `make image`)")
+    docker_timeout: float = _setting("ESP_DOCKER_TIMEOUT", 10.0, "seconds any call to the container engine may take")
+    run_dir: Path = _setting("ESP_RUN_DIR", ROOT / "run", "folder for logs, pid files, node caches and the keystore")
+    secret_key: str = _setting("ESP_SECRET_KEY", DEV_SECRET_KEY, "server secret (Flask, unlocked-key encryption); required in production")
+    admin_key: str = _setting("ESP_ADMIN_KEY", "", "bearer token for admin operations; `make up` generates one when unset")
+    api_host: str = _setting("ESP_API_HOST", "127.0.0.1", "address the API listens on")
+    api_port: int = _setting("ESP_API_PORT", 8000, "port the API listens on")
+    api_workers: int = _setting("ESP_API_WORKERS", 4, "gunicorn worker threads for the API")
+    flower_port: int = _setting("ESP_FLOWER_PORT", 5555, "port Flower listens on")
+    worker_concurrency: int = _setting("ESP_WORKER_CONCURRENCY", 2, "processes of the write worker")
+    rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
+    probe_timeout: float = _setting("ESP_PROBE_TIMEOUT", 1.0, "seconds a health probe of a node may take")
+    monitor_interval: float = _setting("ESP_MONITOR_INTERVAL", 1.0, "seconds between two samples of the node pool")
+    balancer_policy: str = _setting("ESP_BALANCER_POLICY", "esp", "esp, thesis, round_robin, random, least_inflight or latency")
+    result_expires: int = _setting("ESP_RESULT_EXPIRES", 86400, "seconds task results are kept")
+    keystore_dir: Path = _setting("ESP_KEYSTORE_DIR", ROOT / "run" / "keystore", "folder of ESP's encrypted keystore files")
+    treasury_key: str = _setting("ESP_TREASURY_KEY", DEV_TREASURY_KEY, "private key of the platform treasury (funds accounts, owns contracts)")
+    log_level: str = _setting("ESP_LOG_LEVEL", "INFO", "log level of every ESP process")
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: bool = True) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ`` plus ``.env``)."""
+        if environ is None:
+            values: dict[str, str] = {}
+            if dotenv:
+                values.update(_read_dotenv(ROOT / ".env"))
+            values.update({k: v for k, v in os.environ.items() if k.startswith("ESP_")})
+        else:
+            values = dict(environ)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in values and values[name] != "":
+                kwargs[f.name] = _parse(name, f.type, values[name])
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (and validated)."""
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the variable when a value cannot work."""
+        if self.env not in ("development", "production"):
+            raise ConfigError(f"ESP_ENV must be 'development' or 'production', not {self.env!r}")
+        if self.node_backend not in BACKENDS:
+            raise ConfigError(f"ESP_NODE_BACKEND must be one of {', '.join(BACKENDS)}, not {self.node_backend!r}")
+        if self.node_backend == "static" and not self.node_urls:
+            raise ConfigError("ESP_NODE_BACKEND=static needs ESP_NODE_URLS (comma-separated JSON-RPC URLs)")
+        if not 1 <= self.node_count <= 16:
+            raise ConfigError(f"ESP_NODE_COUNT must be between 1 and 16, not {self.node_count}")
+        for url in self.node_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"ESP_NODE_URLS: {url!r} is not an http(s) JSON-RPC URL")
+        if self.block_time < 0:
+            raise ConfigError("ESP_BLOCK_TIME must be >= 0 (0 selects automine)")
+        for name, value in (("ESP_MONITOR_INTERVAL", self.monitor_interval), ("ESP_RPC_TIMEOUT", self.rpc_timeout),
+                            ("ESP_PROBE_TIMEOUT", self.probe_timeout), ("ESP_DOCKER_TIMEOUT", self.docker_timeout)):
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, not {value}")
+        for name, port in (("ESP_API_PORT", self.api_port), ("ESP_FLOWER_PORT", self.flower_port)):
+            if not 1 <= port <= 65535:
+                raise ConfigError(f"{name} must be a TCP port (1..65535), not {port}")
+        if self.env == "production":
+            if self.secret_key == DEV_SECRET_KEY:
+                raise ConfigError("ESP_SECRET_KEY must be set in production (the development default is public)")
+            if self.treasury_key == DEV_TREASURY_KEY:
+                raise ConfigError("ESP_TREASURY_KEY must be set in production (the development default is public)")
+            if not self.admin_key:
+                raise ConfigError("ESP_ADMIN_KEY must be set in production")
+
+    # -- derived values -----------------------------------------------------
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def managed_nodes(self) -> bool:
+        """True when ESP starts and restarts the nodes itself."""
+        return self.node_backend in ("process", "docker")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, for docs and ``--help``."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default: Any = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+            if isinstance(default, Path):
+                default = os.path.relpath(default, ROOT)
+            elif isinstance(default, tuple):
+                default = ",".join(default)
+            if f.metadata["env"] == "ESP_TREASURY_KEY":
+                default = "anvil dev account 0 (development only)"
+            rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+        return rows
+
+
+def child_environment() -> dict[str, str]:
+    """The few variables a node process needs from ours (never ESP_ secrets)."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def generate_secret() -> str:
+    """A fresh random token for ESP_ADMIN_KEY or ESP_SECRET_KEY."""
+    return secrets.token_urlsafe(32)
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser().resolve()
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None and k.startswith("ESP_")}

@@ -1,0 +1,119 @@
+"""Fixtures shared by every test: settings, real Redis databases, real anvil nodes.
+
+Each test area owns a Redis database number so that runs never see each
+other's keys; integration tests fail (never skip) when Redis or anvil is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from settings import ROOT, Settings
+
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+
+#: Redis databases by test area (a Redis server has 16).
+DB_FOUNDATION = 9
+DB_CELERY = 10
+DB_E2E = 8
+DB_BALANCER = 13
+DB_WRITES = 14
+DB_BUSINESS = 15
+
+
+def redis_url(db: int) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def fresh_redis(db: int) -> redis.Redis:
+    """A client of database ``db``, emptied; fails the test when Redis does not answer."""
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis must run at {REDIS_HOST}:{REDIS_PORT} for integration tests (`make redis`): {exc}")
+    client.flushdb()
+    return client
+
+
+def make_settings(tmp_path: Path, **env: str) -> Settings:
+    """Settings for a test: a run folder of its own, never the real environment."""
+    values = {"ESP_RUN_DIR": str(tmp_path), "ESP_KEYSTORE_DIR": str(tmp_path / "keystore")}
+    values.update(env)
+    return Settings.from_env(values)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    return lambda **env: make_settings(tmp_path, **env)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a subprocess of the stack: ours without ESP_ variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESP_")}
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], *, queues: str, name: str, log_path: Path, pool: str = "solo",
+                 concurrency: int = 1) -> subprocess.Popen[bytes]:
+    """Start a real Celery worker (``celery -A tasks worker``) in a subprocess."""
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-n", f"{name}@%h",
+           "-P", pool, "-c", str(concurrency), "--without-mingle", "--without-gossip", "--loglevel=INFO"]
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_worker(app, name: str, timeout: float = 30.0) -> None:
+    """Poll the real broker until the worker answers a ping."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=0.5) or []
+        if any(name in reply_name for reply in replies for reply_name in reply):
+            return
+    raise AssertionError(f"worker {name} did not answer a ping within {timeout:.0f} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL, the process and its session."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def anvil_binary() -> Path:
+    """The anvil binary; a missing one fails the tests that need it."""
+    from errors import ConfigError
+    from nodes.anvil import find_anvil
+
+    try:
+        return find_anvil(Settings.from_env({}))
+    except ConfigError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def process_backend(tmp_path: Path, anvil_binary: Path) -> Iterator:
+    """A ProcessBackend whose nodes are all stopped after the test."""
+    from nodes.process import ProcessBackend
+
+    backend = ProcessBackend(make_settings(tmp_path, ESP_BLOCK_TIME="0"))
+    yield backend
+    backend.close()
