@@ -1,0 +1,167 @@
+"""The node manager: the one process that owns ESP's managed nodes.
+
+``python -m nodes`` starts the devnet (process or docker backend) or checks the
+static nodes, registers every node in Redis, keeps followers importing the
+leader's blocks, promotes a follower when the leader dies, and carries out
+commands other processes send it through Redis (the recycler's restarts). On
+SIGINT or SIGTERM it stops every node and unregisters them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import redis
+
+from errors import ConfigError, EspError, NodeError, NodeUnreachable, RpcError
+from nodes import make_backend
+from nodes.base import NodeSpec
+from nodes.devnet import Devnet
+from nodes.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
+from nodes.rpc import RpcClient
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+LEADER_CHECK_INTERVAL = 0.5
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A Redis client that has answered PING, or ConfigError saying how to fix it."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConfigError(
+            f"Redis at {settings.redis_url} does not answer ({exc}): start one (`make redis`) or set ESP_REDIS_URL"
+        ) from None
+    return client
+
+
+def check_static_node(spec: NodeSpec, *, timeout: float) -> int:
+    """Return the chain id a static node answers, or raise ConfigError naming it."""
+    client = RpcClient(spec.url, timeout=timeout, node_id=spec.id)
+    try:
+        return int(client.call("eth_chainId"), 16)
+    except (NodeUnreachable, RpcError) as exc:
+        raise ConfigError(f"ESP_NODE_URLS: {spec.url} is not a working Ethereum JSON-RPC endpoint ({exc})") from None
+    finally:
+        client.close()
+
+
+class NodeManager:
+    """Owns the pool's nodes for the life of the stack."""
+
+    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.registry = NodeRegistry(redis_client)
+        self.backend = make_backend(settings)
+        self.devnet: Devnet | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> list[NodeSpec]:
+        """Bring the pool up and register it; return the node records."""
+        self.registry.clear()
+        self.redis.delete(COMMANDS_KEY)
+        if not self.backend.manages:
+            from nodes.static import StaticBackend
+
+            assert isinstance(self.backend, StaticBackend)
+            specs = self.backend.specs()
+            chain_ids = {check_static_node(spec, timeout=self.settings.probe_timeout * 3) for spec in specs}
+            if len(chain_ids) > 1:
+                raise ConfigError(f"ESP_NODE_URLS: the nodes serve different chains (chain ids {sorted(chain_ids)})")
+            for spec in specs:
+                self.registry.register(spec)
+            self.registry.set_pool(leader="", backend="static", chain_id=chain_ids.pop(), devnet=False)
+            return specs
+        self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
+        return self.devnet.start()
+
+    def serve(self) -> None:
+        """Run until stopped: answer commands and watch the leader."""
+        next_check = 0.0
+        while not self._stop.is_set():
+            try:
+                item = self.redis.blpop([COMMANDS_KEY], timeout=LEADER_CHECK_INTERVAL)
+            except redis.RedisError as exc:
+                log.error("Redis: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if item is not None:
+                self.handle(json.loads(item[1]))
+            if self.devnet is not None and time.monotonic() >= next_check:
+                next_check = time.monotonic() + LEADER_CHECK_INTERVAL
+                try:
+                    promoted = self.devnet.check_leader()
+                    if promoted:
+                        self._event("leader-promoted", promoted, old=self.devnet.leader_id)
+                except EspError as exc:
+                    log.error("leader check: %s", exc)
+
+    def handle(self, command: dict[str, Any]) -> None:
+        """Carry out one command and push the reply where the sender waits for it."""
+        op, node_id = command.get("op"), str(command.get("node_id", ""))
+        reply: dict[str, Any] = {"ok": True, "op": op, "node_id": node_id}
+        try:
+            if self.devnet is None:
+                raise NodeError(f"{node_id}: static nodes are not managed by ESP", node_id=node_id)
+            if op == "restart":
+                spec = self.devnet.restart(node_id, timeout=float(command.get("args", {}).get("timeout", 120)))
+                reply["node"] = json.loads(spec.to_json())
+            elif op == "stop":
+                self.devnet.stop_node(node_id)
+            else:
+                raise NodeError(f"unknown command {op!r}")
+        except EspError as exc:
+            reply = {"ok": False, "op": op, "node_id": node_id, "error": str(exc)}
+        key = REPLY_KEY.format(command.get("id", ""))
+        pipe = self.redis.pipeline()
+        pipe.rpush(key, json.dumps(reply))
+        pipe.expire(key, 300)
+        pipe.execute()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop every node and unregister the pool."""
+        if self.devnet is not None:
+            self.devnet.close()
+        else:
+            self.backend.close()
+        self.registry.clear()
+
+    def _event(self, kind: str, node_id: str, **data: Any) -> None:
+        from nodes.events import record_event
+
+        record_event(self.redis, kind, node_id, **data)
+
+
+def main(settings: Settings) -> int:
+    """Entry point of ``python -m nodes``: run the pool until SIGINT/SIGTERM."""
+    redis_client = connect_redis(settings)
+    manager = NodeManager(settings, redis_client)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        manager.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        specs = manager.start()
+        for spec in specs:
+            print(f"node {spec.id:<8} {spec.role:<10} {spec.url}", flush=True)
+        print(f"nodes: {len(specs)} {settings.node_backend} node(s) registered in Redis", flush=True)
+        manager.serve()
+    finally:
+        manager.close()
+        print("nodes: stopped", flush=True)
+    return 0
