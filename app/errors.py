@@ -1,0 +1,85 @@
+"""The one place that turns errors into RFC 9457 ``application/problem+json`` responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from errors import Conflict, EspError, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "https://esp.invalid/problems/{}"
+
+
+def problem(status: int, title: str, detail: str, *, kind: str | None = None, **extra: Any) -> Response:
+    """An RFC 9457 problem response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE.format(kind) if kind else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    return response
+
+
+def register(app: Flask) -> None:
+    """Install the error handlers on ``app``."""
+
+    @app.errorhandler(ValidationError)
+    def validation(exc: ValidationError) -> Response:
+        return problem(
+            exc.status, "Invalid request", exc.detail, kind="validation", field=exc.field,
+            errors=[{"field": exc.field, "detail": exc.detail}],
+        )
+
+    @app.errorhandler(NotFound)
+    def not_found(exc: NotFound) -> Response:
+        return problem(404, "Not found", str(exc), kind="not-found", field=exc.field)
+
+    @app.errorhandler(Conflict)
+    def conflict(exc: Conflict) -> Response:
+        return problem(409, "Conflict", str(exc), kind="conflict", field=exc.field)
+
+    @app.errorhandler(Unauthorized)
+    def unauthorized(exc: Unauthorized) -> Response:
+        response = problem(401, "Unauthorized", str(exc), kind="unauthorized", field="Authorization")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="esp-admin"'
+        return response
+
+    @app.errorhandler(NoHealthyNode)
+    def no_node(exc: NoHealthyNode) -> Response:
+        response = problem(503, "No healthy node", str(exc), kind="no-healthy-node")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(NodeError)
+    def node_error(exc: NodeError) -> Response:
+        return problem(502, "Node error", str(exc), kind="node-error", node=exc.node_id)
+
+    @app.errorhandler(EspError)
+    def esp_error(exc: EspError) -> Response:
+        return problem(400, "Request failed", str(exc), kind="error")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        response = problem(code, exc.name, exc.description or exc.name)
+        if code == 405 and exc.response is None:
+            valid = getattr(exc, "valid_methods", None)
+            if valid:
+                response.headers["Allow"] = ", ".join(valid)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal Server Error", "The server failed to handle this request; it has been logged.")

@@ -1,0 +1,8 @@
+"""ESP's Celery app: ``celery -A tasks worker|beat|flower``."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("esp", include=["tasks.system", "tasks.monitor"])
+app.config_from_object("celeryconfig")

@@ -1,0 +1,1 @@
+"""The pool monitor (beat task); filled in by the balancer work."""

@@ -1,0 +1,84 @@
+"""The node manager, the registry in Redis and the health endpoints, on real nodes."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from app import create_app
+from errors import ConfigError
+from nodes.manager import NodeManager, connect_redis
+from nodes.registry import NodeControl, NodeRegistry
+from nodes.rpc import RpcClient, to_int
+from tests.conftest import DB_FOUNDATION, fresh_redis, make_settings, redis_url
+
+
+@pytest.fixture
+def running_pool(tmp_path, anvil_binary):
+    """A NodeManager serving 3 nodes, as `python -m nodes` does, in a thread."""
+    client = fresh_redis(DB_FOUNDATION)
+    settings = make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_FOUNDATION), ESP_BLOCK_TIME="1")
+    manager = NodeManager(settings, client)
+    specs = manager.start()
+    thread = threading.Thread(target=manager.serve, daemon=True)
+    thread.start()
+    yield settings, manager, specs
+    manager.stop()
+    thread.join(10)
+    manager.close()
+
+
+def test_registry_is_shared_through_redis(running_pool):
+    settings, _, specs = running_pool
+    other_process_view = NodeRegistry(connect_redis(settings)).all()
+    assert [s.id for s in other_process_view] == ["node-0", "node-1", "node-2"]
+    assert [s.url for s in other_process_view] == [s.url for s in specs]
+    assert NodeRegistry(connect_redis(settings)).leader().id == "node-0"
+
+
+def test_readyz_names_every_node(running_pool):
+    settings, _, specs = running_pool
+    client = create_app(settings).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ready"
+    assert body["checks"]["redis"]["ok"] is True
+    assert [n["id"] for n in body["checks"]["nodes"]] == ["node-0", "node-1", "node-2"]
+    assert all(n["ok"] and n["chain_id"] == 31337 for n in body["checks"]["nodes"])
+    nodes = client.get("/api/v1/nodes").get_json()["nodes"]
+    assert [(n["id"], n["url"]) for n in nodes] == [(s.id, s.url) for s in specs]
+
+
+def test_readyz_fails_when_no_node_answers(running_pool):
+    settings, manager, _ = running_pool
+    assert manager.devnet is not None
+    for spec in manager.devnet.specs():
+        manager.devnet.stop_node(spec.id)
+    response = create_app(settings).test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["nodes_answering"] == 0
+
+
+def test_restart_command_through_redis(running_pool):
+    settings, _, specs = running_pool
+    control = NodeControl(connect_redis(settings))
+    reply = control.restart("node-2", timeout=60)
+    assert reply["ok"] and reply["node"]["generation"] == 1
+    leader_head = to_int(RpcClient(specs[0].url).call("eth_blockNumber"))
+    assert to_int(RpcClient(specs[2].url).call("eth_blockNumber")) >= leader_head - 1  # caught up before replying
+
+
+def test_unreachable_redis_is_one_clear_line(tmp_path):
+    settings = make_settings(tmp_path, ESP_REDIS_URL="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError, match=r"Redis at redis://127.0.0.1:1/0 does not answer.*ESP_REDIS_URL"):
+        connect_redis(settings)
+
+
+def test_healthz_needs_nothing(tmp_path):
+    settings = make_settings(tmp_path, ESP_REDIS_URL="redis://127.0.0.1:1/0")
+    response = create_app(settings).test_client().get("/healthz")
+    assert response.status_code == 200 and response.get_json()["status"] == "ok"
+    ready = create_app(settings).test_client().get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["redis"]["ok"] is False
