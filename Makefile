@@ -1,0 +1,62 @@
+# ESP: `make up` runs the whole stack on local nodes; `make test` runs the tests.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up install deps dev-deps node-tools redis test lint typecheck unit integration bench image dockerd clean
+
+up: install
+	@scripts/up.sh
+
+install: deps node-tools redis
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Stamp files make re-installs free when the pins did not change.
+$(VENV)/.deps: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	@touch $@
+deps: $(VENV)/.deps
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	@touch $(VENV)/.deps $@
+dev-deps: $(VENV)/.dev-deps
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+node-tools: node_modules/.installed
+
+redis:
+	@scripts/redis.sh
+
+test: dev-deps node-tools redis lint typecheck
+	$(BIN)/pytest
+
+lint: dev-deps
+	$(BIN)/ruff check .
+
+typecheck: dev-deps
+	$(BIN)/mypy
+
+unit: dev-deps
+	$(BIN)/pytest tests/unit
+
+integration: dev-deps node-tools redis
+	$(BIN)/pytest tests/integration
+
+bench: install
+	$(BIN)/python -m bench
+
+image: install
+	$(BIN)/python -m nodes.docker build
+
+dockerd:
+	scripts/dockerd.sh start
+
+clean:
+	rm -rf run .pytest_cache .mypy_cache .ruff_cache
