@@ -1,0 +1,104 @@
+"""The whole stack as a newcomer runs it: `scripts/up.sh` (what `make up` runs after installing).
+
+Starts every process on ports of its own, checks readiness, the node list and
+Flower, then sends SIGINT as Ctrl-C does and checks that no process is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from nodes.process import free_port
+from settings import ROOT
+from tests.conftest import DB_E2E, child_env, fresh_redis, redis_url
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _stack_processes(run_dir: str) -> list[psutil.Process]:
+    """Processes of this stack: anvils in its run folder, and its Celery, gunicorn and node manager."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            env = proc.info["environ"] or {}
+        except psutil.Error:
+            continue
+        if env.get("ESP_RUN_DIR") == run_dir or run_dir in cmd:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def stack(tmp_path):
+    fresh_redis(DB_E2E)
+    api_port, flower_port = free_port(), free_port()
+    run_dir = str(tmp_path / "run")
+    env = child_env(
+        ESP_REDIS_URL=redis_url(DB_E2E), ESP_API_PORT=str(api_port), ESP_FLOWER_PORT=str(flower_port),
+        ESP_RUN_DIR=run_dir, ESP_ADMIN_KEY="e2e-admin-key", ESP_KEYSTORE_DIR=str(tmp_path / "keystore"),
+    )
+    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115 - closed in the finaliser
+    proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        deadline = time.monotonic() + 60
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            assert proc.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
+            try:
+                status, _ = _get(base + "/readyz")
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert status == 200, (tmp_path / "stack.log").read_text()[-3000:]
+        yield proc, base, flower_port, run_dir, tmp_path / "stack.log"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
+    proc, base, flower_port, run_dir, log_path = stack
+    status, ready = _get(base + "/readyz")
+    assert status == 200
+    assert [n["id"] for n in ready["checks"]["nodes"]] == ["node-0", "node-1", "node-2"]
+    status, nodes = _get(base + "/api/v1/nodes")
+    assert status == 200
+    assert [n["id"] for n in nodes["nodes"]] == ["node-0", "node-1", "node-2"]
+    assert all(n["url"].startswith("http://127.0.0.1:") for n in nodes["nodes"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/", timeout=2) as r:  # noqa: S310
+                assert r.status == 200
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        pytest.fail("Flower did not answer")
+    assert len([p for p in _stack_processes(run_dir) if p.name() == "anvil"]) == 3
+
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground process group
+    proc.wait(30)
+    deadline = time.monotonic() + 10
+    while _stack_processes(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [(p.pid, " ".join(p.cmdline())) for p in _stack_processes(run_dir) if p.is_running()]
+    assert not left, f"processes left behind: {left}"
