@@ -37,8 +37,9 @@ redis:
 test: dev-deps node-tools redis lint typecheck
 	$(BIN)/pytest
 
-lint: dev-deps
+lint: dev-deps node-tools
 	$(BIN)/ruff check .
+	$(BIN)/python -m contracts.build --check
 
 typecheck: dev-deps
 	$(BIN)/mypy
