@@ -54,7 +54,7 @@ bench: install
 	$(BIN)/python -m bench
 
 image: install
-	$(BIN)/python -m nodes.docker build
+	scripts/build-image.sh
 
 dockerd:
 	scripts/dockerd.sh start
