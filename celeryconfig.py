@@ -21,6 +21,7 @@ from typing import Any
 from kombu import Queue
 
 from settings import Settings
+from tasks.routing import Router
 
 #: Queues in the order workers take from them: control first, then writes by class.
 CONTROL_QUEUE = "esp.control"
@@ -51,7 +52,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_queues": [Queue(name) for name in QUEUES],
         "task_default_queue": "esp.calls",
-        "task_routes": ("tasks.routing.route_task",),
+        "task_routes": (Router(settings),),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,
@@ -66,6 +67,16 @@ def from_settings(settings: Settings) -> dict[str, Any]:
                 "task": "tasks.monitor.sample_pool",
                 "schedule": settings.monitor_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.monitor_interval * 2},
+            },
+            "recycle-nodes": {
+                "task": "tasks.recycler.recycle_step",
+                "schedule": settings.monitor_interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.monitor_interval * 2},
+            },
+            "track-receipts": {
+                "task": "tasks.receipts.track_receipts",
+                "schedule": settings.receipt_interval,
+                "options": {"queue": CONTROL_QUEUE, "expires": settings.receipt_interval * 4},
             },
         },
         "timezone": "UTC",

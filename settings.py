@@ -54,6 +54,7 @@ class Settings:
     node_cpu_limit: float = _setting("ESP_NODE_CPU_LIMIT", 1.0, "CPU limit of a node container (docker backend), in cores")
     docker_image: str = _setting("ESP_DOCKER_IMAGE", "esp-anvil:1.7.1", "image the docker backend runs (built locally by `make image`)")
     docker_timeout: float = _setting("ESP_DOCKER_TIMEOUT", 10.0, "seconds any call to the container engine may take")
+    docker_host: str = _setting("ESP_DOCKER_HOST", "", "container engine URL; empty uses DOCKER_HOST, then run/dockerd's socket, then /var/run/docker.sock")
     run_dir: Path = _setting("ESP_RUN_DIR", ROOT / "run", "folder for logs, pid files, node caches and the keystore")
     secret_key: str = _setting("ESP_SECRET_KEY", DEV_SECRET_KEY, "server secret (Flask, unlocked-key encryption); required in production")
     admin_key: str = _setting("ESP_ADMIN_KEY", "", "bearer token for admin operations; `make up` generates one when unset")
@@ -65,10 +66,37 @@ class Settings:
     rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
     probe_timeout: float = _setting("ESP_PROBE_TIMEOUT", 1.0, "seconds a health probe of a node may take")
     monitor_interval: float = _setting("ESP_MONITOR_INTERVAL", 1.0, "seconds between two samples of the node pool")
-    balancer_policy: str = _setting("ESP_BALANCER_POLICY", "esp", "esp, thesis, round_robin, random, least_inflight or latency")
+    balancer_policy: str = _setting("ESP_BALANCER_POLICY", "esp", "esp, thesis, round_robin, random, least_inflight, latency or lowest_distance")
+    balancer_model: str = _setting("ESP_BALANCER_MODEL", "esp", "state space: esp (all dimensions, weighted) or thesis (memory and CPU exactly as the thesis)")
+    balancer_weights: str = _setting("ESP_BALANCER_WEIGHTS", "memory,cpu,latency,errors,lag,inflight", "dimensions of the esp model and their weights, e.g. memory=1,cpu=1,latency=2")
+    balancer_latency_target_ms: float = _setting("ESP_BALANCER_LATENCY_TARGET_MS", 50.0, "RPC latency a node should stay under")
+    balancer_lag_scale: int = _setting("ESP_BALANCER_LAG_SCALE", 10, "blocks behind the pool's head that count as fully lagging")
+    balancer_inflight_scale: int = _setting("ESP_BALANCER_INFLIGHT_SCALE", 16, "requests in flight that count as a full node")
+    balancer_recycle_distance: float = _setting("ESP_BALANCER_RECYCLE_DISTANCE", 1.2, "distance beyond which a node is zone III and recycled")
+    balancer_dis_ave_min: str = _setting("ESP_BALANCER_DIS_AVE_MIN", "", "fixed Dis_ave_min; empty learns it from the idle pool")
+    balancer_dis_ave_max: str = _setting("ESP_BALANCER_DIS_AVE_MAX", "", "fixed Dis_ave_max; empty learns it when the pool serves poorly")
+    snapshot_max_age: float = _setting("ESP_SNAPSHOT_MAX_AGE", 0.0, "seconds after which a snapshot is stale; 0 means 3 monitor intervals")
+    min_serving_nodes: int = _setting("ESP_MIN_SERVING_NODES", 1, "the recycler never takes the pool below this many serving nodes")
+    recycle_after: int = _setting("ESP_RECYCLE_AFTER", 3, "consecutive zone-III samples before a node is recycled")
+    drain_timeout: float = _setting("ESP_DRAIN_TIMEOUT", 30.0, "seconds a draining node may finish its in-flight work")
+    keystore_scrypt_n: int = _setting("ESP_KEYSTORE_SCRYPT_N", 131072, "scrypt cost of new keystores (2^17: 128 MiB, ~0.23 s here)")
+    nonce_lease_seconds: int = _setting("ESP_NONCE_LEASE_SECONDS", 120, "seconds a task holds a nonce it has not broadcast yet")
+    confirmations: int = _setting("ESP_CONFIRMATIONS", 1, "blocks (including its own) before a transaction counts as confirmed")
+    tx_deadline: float = _setting("ESP_TX_DEADLINE", 60.0, "seconds a broadcast transaction may wait to be mined")
+    tx_deadline_action: str = _setting("ESP_TX_DEADLINE_ACTION", "replace", "replace (same nonce, fees +12.5%) or report a transaction past its deadline")
+    receipt_interval: float = _setting("ESP_RECEIPT_INTERVAL", 0.5, "seconds between two receipt checks of broadcast transactions")
+    funding_wei: int = _setting("ESP_FUNDING_WEI", 10**18, "gas money the treasury sends each new account, in wei")
     result_expires: int = _setting("ESP_RESULT_EXPIRES", 86400, "seconds task results are kept")
     keystore_dir: Path = _setting("ESP_KEYSTORE_DIR", ROOT / "run" / "keystore", "folder of ESP's encrypted keystore files")
     treasury_key: str = _setting("ESP_TREASURY_KEY", DEV_TREASURY_KEY, "private key of the platform treasury (funds accounts, owns contracts)")
+    files_dir: Path = _setting("ESP_FILES_DIR", ROOT / "run" / "files", "where project files are stored, content-addressed by SHA-256")
+    max_file_mb: int = _setting("ESP_MAX_FILE_MB", 20, "largest project file accepted, in MiB")
+    token_name: str = _setting("ESP_TOKEN_NAME", "ESP Equity Token", "name of the platform token")
+    token_symbol: str = _setting("ESP_TOKEN_SYMBOL", "EQT", "symbol of the platform token")
+    token_decimals: int = _setting("ESP_TOKEN_DECIMALS", 0, "decimals of the platform token (0: whole tokens, as the thesis counts them)")
+    publish_reward: int = _setting("ESP_PUBLISH_REWARD", 100, "tokens a publisher is rewarded with per published project")
+    fee_bps: int = _setting("ESP_FEE_BPS", 0, "platform fee on a purchase, in basis points (100 = 1%), paid to the treasury")
+    deploy_platform: bool = _setting("ESP_DEPLOY_PLATFORM", True, "deploy the platform contracts when the chain has none (make up on a fresh devnet)")
     log_level: str = _setting("ESP_LOG_LEVEL", "INFO", "log level of every ESP process")
 
     # -- construction -------------------------------------------------------
@@ -117,6 +145,22 @@ class Settings:
                             ("ESP_PROBE_TIMEOUT", self.probe_timeout), ("ESP_DOCKER_TIMEOUT", self.docker_timeout)):
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, not {value}")
+        from balancer import POLICY_NAMES
+
+        if self.balancer_policy not in POLICY_NAMES:
+            raise ConfigError(f"ESP_BALANCER_POLICY must be one of {', '.join(POLICY_NAMES)}, not {self.balancer_policy!r}")
+        if self.balancer_model not in ("esp", "thesis"):
+            raise ConfigError(f"ESP_BALANCER_MODEL must be 'esp' or 'thesis', not {self.balancer_model!r}")
+        if self.tx_deadline_action not in ("replace", "report"):
+            raise ConfigError(f"ESP_TX_DEADLINE_ACTION must be 'replace' or 'report', not {self.tx_deadline_action!r}")
+        if not 0 <= self.fee_bps <= 10_000:
+            raise ConfigError(f"ESP_FEE_BPS must be from 0 to 10000, not {self.fee_bps}")
+        if not 0 <= self.token_decimals <= 36:
+            raise ConfigError(f"ESP_TOKEN_DECIMALS must be from 0 to 36, not {self.token_decimals}")
+        if self.confirmations < 1:
+            raise ConfigError("ESP_CONFIRMATIONS must be at least 1")
+        if self.keystore_scrypt_n < 2 or self.keystore_scrypt_n & (self.keystore_scrypt_n - 1):
+            raise ConfigError(f"ESP_KEYSTORE_SCRYPT_N must be a power of two, not {self.keystore_scrypt_n}")
         for name, port in (("ESP_API_PORT", self.api_port), ("ESP_FLOWER_PORT", self.flower_port)):
             if not 1 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port (1..65535), not {port}")
@@ -133,6 +177,11 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds after which a pool snapshot no longer steers routing."""
+        return self.snapshot_max_age or 3 * self.monitor_interval
 
     @property
     def managed_nodes(self) -> bool:

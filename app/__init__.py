@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from celery import Celery
 from flask import Flask
 
+from nodes.placement import Placement
 from nodes.pool import Pool
+from nodes.reads import ReadClient
 from settings import Settings
 
 
@@ -15,11 +18,26 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["ESP_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["esp.pool"] = Pool(settings)
+    pool = Pool(settings)
+    app.extensions["esp.pool"] = pool
+    app.extensions["esp.placement"] = placement = Placement(pool)
+    app.extensions["esp.reader"] = ReadClient(pool, placement)
+    app.extensions["esp.celery"] = make_celery(settings)
 
-    from app import errors, health, nodes
+    from app import accounts, errors, health, nodes, tasks_api
 
     errors.register(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(nodes.bp)
+    for module in (health, nodes, tasks_api, accounts):
+        app.register_blueprint(module.bp)
     return app
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app that publishes to the broker ``settings`` name, with ESP's routing."""
+    import celeryconfig
+    import tasks.writes  # noqa: F401 - registers the write operations and their task classes
+
+    celery = Celery("esp-api", set_as_current=False)
+    celery.conf.update(celeryconfig.from_settings(settings))
+    celery.finalize(auto=True)  # binds the shared write tasks, whose class the router reads
+    return celery

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from celery import Celery
 from flask import current_app
 
+from nodes.placement import Placement
 from nodes.pool import Pool
+from nodes.reads import ReadClient
 from settings import Settings
+from tasks.status import TaskStore
+from wallet.keystore import Keystore
+from wallet.unlock import UnlockStore
 
 
 def pool() -> Pool:
@@ -16,3 +22,34 @@ def pool() -> Pool:
 def settings() -> Settings:
     """The app's Settings."""
     return current_app.config["ESP_SETTINGS"]
+
+
+def celery() -> Celery:
+    """The Celery app the API publishes write tasks with (configured from the same Settings)."""
+    return current_app.extensions["esp.celery"]
+
+
+def task_store() -> TaskStore:
+    """Task records in Redis."""
+    return TaskStore(pool().redis, ttl=settings().result_expires)
+
+
+def keystore() -> Keystore:
+    """ESP's keystore folder."""
+    s = settings()
+    return Keystore(s.keystore_dir, work_factor=s.keystore_scrypt_n)
+
+
+def unlock_store() -> UnlockStore:
+    """Unlocked keys, sealed under the server secret in Redis."""
+    return UnlockStore(pool().redis, settings().secret_key)
+
+
+def placement() -> Placement:
+    """The balancer's placement for this process."""
+    return current_app.extensions["esp.placement"]
+
+
+def reader() -> ReadClient:
+    """Reads through the balancer, failing over to another node when one does not answer."""
+    return current_app.extensions["esp.reader"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from errors import Conflict, EspError, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
 
@@ -67,7 +69,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(EspError)
     def esp_error(exc: EspError) -> Response:
-        return problem(400, "Request failed", str(exc), kind="error")
+        # Other domain errors (the wallet's, say) carry their own HTTP status and field.
+        status = int(getattr(exc, "status", 400))
+        title = HTTP_STATUS_CODES.get(status, "Request failed")
+        kind = re.sub(r"(?<!^)(?=[A-Z])", "-", type(exc).__name__).lower()
+        return problem(status, title, str(exc), kind=kind, field=getattr(exc, "field", None))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

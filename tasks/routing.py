@@ -1,13 +1,49 @@
-"""Celery routing: task class -> queue."""
+"""The Celery routing hook: write tasks go to their class's queue, with a node chosen for them.
+
+Configured as ``task_routes = (Router(settings),)``. For a write task it asks
+the balancer (through a Placement: the pool snapshot, cached no longer than one
+monitor interval, plus live in-flight counts) for a node, and puts the choice
+in the message headers (``esp_node``, ``esp_zone``, ``esp_fallback``), where the
+worker, the task record and Flower see it. When no node may take the work now
+(every node down or zone III, or LBH < 0) the task is still queued, without a
+node; the worker then waits for a healthy one.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from balancer import TaskKind
+from errors import NoHealthyNode
+from settings import Settings
 
-def route_task(name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **kw: Any) -> dict[str, Any] | None:
-    """Send a task to the queue of its class (the task's own ``queue`` option wins)."""
-    queue = getattr(task, "queue", None)
-    if queue:
-        return {"queue": queue}
-    return None
+QUEUE_OF_KIND = {TaskKind.DEPLOY: "esp.deploy", TaskKind.ACCOUNT: "esp.accounts", TaskKind.CALL: "esp.calls"}
+
+
+class Router:
+    """Routes write tasks by class and places them on a node (one instance per process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._placement: Any = None  # built on first use, after any fork
+
+    def placement(self) -> Any:
+        if self._placement is None:
+            from nodes.placement import Placement
+            from nodes.pool import Pool
+
+            self._placement = Placement(Pool(self.settings))
+        return self._placement
+
+    def __call__(self, name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any = None, **kw: Any) -> dict[str, Any] | None:
+        kind_name = getattr(task, "esp_kind", None)
+        if kind_name is None:
+            return None  # control tasks carry their own queue
+        kind = TaskKind.parse(kind_name)
+        route: dict[str, Any] = {"queue": QUEUE_OF_KIND[kind]}
+        try:
+            choice = self.placement().choose(kind)
+            route["headers"] = {"esp_node": choice.node_id, "esp_zone": choice.zone, "esp_fallback": choice.fallback}
+        except NoHealthyNode as exc:
+            route["headers"] = {"esp_node": None, "esp_wait_reason": str(exc)}
+        return route

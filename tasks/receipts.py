@@ -1,0 +1,260 @@
+"""Receipt tracking without holding a worker slot.
+
+A write task ends once its transactions are broadcast; it registers them here.
+A beat task (``track_receipts``, every ESP_RECEIPT_INTERVAL on the control
+queue) asks a node for all watched receipts in one JSON-RPC batch and:
+
+- confirms a task once every transaction of it has a receipt buried under
+  ESP_CONFIRMATIONS blocks (``confirmed``, with the receipt fields), or fails it
+  with the decoded revert reason when one reverted;
+- re-broadcasts the same signed bytes of a transaction still not mined every
+  REBROADCAST_EVERY seconds (a node that crashed with it in its pool lost it);
+- past ESP_TX_DEADLINE, replaces a transaction (same nonce, fees raised) or
+  reports it on the task, per ESP_TX_DEADLINE_ACTION.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from celery import shared_task
+from eth_account.signers.local import LocalAccount
+
+from errors import EspError, NodeUnreachable, RpcError
+from nodes.rpc import RpcClient, to_int
+from tasks.operations import CONFIRM_HOOKS
+from tasks.status import CONFIRMED, FAILED, TaskStore
+from wallet.nonces import NonceManager
+from wallet.sender import PreparedTx, broadcast, load_prepared, prepared_key, replace, save_prepared
+
+log = logging.getLogger(__name__)
+
+WATCH_SET = "esp:watch"
+WATCH_KEY = "esp:watch:{}"
+#: Watched tasks looked at per beat (the rest wait for the next one).
+MAX_BATCH = 2000
+REBROADCAST_EVERY = 5.0
+BUMP_PERCENT = 15
+
+
+class ReceiptWatch:
+    """The set of broadcast tasks waiting for receipts."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def add(self, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
+        now = time.time()
+        entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now}
+        pipe = self.redis.pipeline()
+        pipe.set(WATCH_KEY.format(task_id), json.dumps(entry))
+        pipe.zadd(WATCH_SET, {task_id: now})
+        pipe.execute()
+
+    def entries(self, limit: int = MAX_BATCH) -> list[tuple[str, dict[str, Any]]]:
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
+        if not ids:
+            return []
+        raws = self.redis.mget([WATCH_KEY.format(i) for i in ids])
+        out = []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                self.redis.zrem(WATCH_SET, task_id)
+                continue
+            out.append((task_id, json.loads(raw)))
+        return out
+
+    def update(self, task_id: str, entry: dict[str, Any]) -> None:
+        self.redis.set(WATCH_KEY.format(task_id), json.dumps(entry))
+
+    def done(self, task_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.zrem(WATCH_SET, task_id)
+        pipe.delete(WATCH_KEY.format(task_id))
+        pipe.execute()
+
+    def count(self) -> int:
+        return int(self.redis.zcard(WATCH_SET))
+
+
+def receipt_fields(receipt: dict[str, Any]) -> dict[str, Any]:
+    """The receipt fields a task result carries."""
+    return {
+        "block_number": to_int(receipt["blockNumber"]),
+        "block_hash": receipt["blockHash"],
+        "gas_used": to_int(receipt["gasUsed"]),
+        "effective_gas_price": to_int(receipt.get("effectiveGasPrice")),
+        "status": to_int(receipt["status"]),
+        "contract_address": receipt.get("contractAddress"),
+        "logs": len(receipt.get("logs") or []),
+    }
+
+
+def revert_reason(client: RpcClient, tx_hash: str) -> str:
+    """Why a mined transaction reverted (from a call trace), or a plain fallback."""
+    from contracts import decode_revert
+
+    try:
+        trace = client.call("debug_traceTransaction", [tx_hash, {"tracer": "callTracer"}])
+        return decode_revert(trace.get("output")) if trace.get("output") else "reverted without a reason"
+    except (NodeUnreachable, RpcError) as exc:
+        return f"reverted (reason unavailable: {exc})"
+
+
+def track(
+    store: TaskStore,
+    watch: ReceiptWatch,
+    clients: Sequence[RpcClient],
+    *,
+    confirmations: int,
+    deadline_action: str,
+    tx_deadline: float,
+    signer: Callable[[str], LocalAccount],
+    nonces: NonceManager,
+    now: float | None = None,
+) -> dict[str, int]:
+    """One pass over the watched tasks; returns counts of what happened."""
+    now = time.time() if now is None else now
+    counts = {"watched": 0, "confirmed": 0, "failed": 0, "rebroadcast": 0, "replaced": 0, "reported": 0}
+    entries = watch.entries()
+    counts["watched"] = len(entries)
+    if not entries or not clients:
+        return counts
+    prepared: dict[tuple[str, int], PreparedTx] = {}
+    for task_id, entry in entries:
+        for step in range(entry["steps"]):
+            p = load_prepared(watch.redis, prepared_key(f"{task_id}:{step}"))
+            if p is not None:
+                prepared[(task_id, step)] = p
+    hashes = sorted({h for p in prepared.values() for h in p.hashes})
+    client, replies = _ask_any(clients, [("eth_blockNumber", []), *(("eth_getTransactionReceipt", [h]) for h in hashes)])
+    head = to_int(replies[0].get("result"))
+    receipts = {h: r.get("result") for h, r in zip(hashes, replies[1:], strict=True) if r.get("result")}
+    for task_id, entry in entries:
+        steps = [prepared.get((task_id, s)) for s in range(entry["steps"])]
+        if any(p is None for p in steps):
+            store.update(task_id, state=FAILED, error={"type": "lost", "message": "the signed transaction record expired"})
+            watch.done(task_id)
+            counts["failed"] += 1
+            continue
+        found = [next((receipts[h] for h in p.hashes if h in receipts), None) for p in steps if p is not None]
+        buried = [r is not None and head - to_int(r["blockNumber"]) + 1 >= confirmations for r in found]
+        if all(buried):
+            _finish(store, watch, client, task_id, [r for r in found if r is not None], counts)
+            continue
+        late = [(i, p) for i, (p, r) in enumerate(zip(steps, found, strict=True)) if r is None and p is not None]
+        if not late:
+            continue  # mined, waiting for confirmations
+        if now > entry["deadline"]:
+            if deadline_action == "replace":
+                _replace(store, watch, clients, task_id, entry, late, signer, nonces, tx_deadline, now, counts)
+            else:
+                store.update(task_id, error={"type": "deadline", "message": f"not mined within {tx_deadline:.0f} s; still watched"})
+                entry["deadline"] = float("inf")
+                watch.update(task_id, entry)
+                counts["reported"] += 1
+        elif now - entry["rebroadcast_at"] >= REBROADCAST_EVERY:
+            for _, p in late:
+                try:
+                    broadcast(p.raw_bytes(), p.tx_hash, clients, nonce=p.nonce)
+                except EspError as exc:
+                    log.info("re-broadcast of %s: %s", p.tx_hash, exc)
+            entry["rebroadcast_at"] = now
+            watch.update(task_id, entry)
+            counts["rebroadcast"] += 1
+    return counts
+
+
+def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, task_id: str,
+            found: list[dict[str, Any]], counts: dict[str, int]) -> None:
+    record = store.find(task_id)
+    result = dict(record.result or {}) if record else {}
+    fields = [receipt_fields(r) for r in found]
+    result.update(fields[0])
+    if len(fields) > 1:
+        result["transactions"] = [{"step": i, "tx_hash": r["transactionHash"], **f} for i, (r, f) in enumerate(zip(found, fields, strict=True))]
+    result["tx_hash"] = found[0]["transactionHash"]
+    failed = next((r for r in found if to_int(r["status"]) != 1), None)
+    if failed is None:
+        hook = CONFIRM_HOOKS.get(record.operation) if record else None
+        if hook is not None and record is not None:
+            try:
+                result.update(hook(record.params, found, watch.redis))
+            except Exception as exc:  # a hook must not leave the task unconfirmed forever
+                log.exception("confirm hook of %s failed", record.operation)
+                result["hook_error"] = str(exc)
+        store.update(task_id, state=CONFIRMED, result=result)
+        counts["confirmed"] += 1
+    else:
+        reason = revert_reason(client, failed["transactionHash"])
+        store.update(task_id, state=FAILED, result=result,
+                     error={"type": "reverted", "message": f"reverted on chain: {reason}", "reason": reason,
+                            "tx_hash": failed["transactionHash"]})
+        counts["failed"] += 1
+    watch.done(task_id)
+
+
+def _replace(store: TaskStore, watch: ReceiptWatch, clients: Sequence[RpcClient], task_id: str, entry: dict[str, Any],
+             late: list[tuple[int, PreparedTx]], signer: Callable[[str], LocalAccount], nonces: NonceManager, tx_deadline: float,
+             now: float, counts: dict[str, int]) -> None:
+    for step, p in late:
+        try:
+            account = signer(p.sender)
+        except EspError as exc:
+            store.update(task_id, error={"type": "deadline", "message": f"not mined within {tx_deadline:.0f} s and "
+                                         f"cannot be replaced: {exc}"})
+            continue
+        new = replace(account, p, BUMP_PERCENT)
+        save_prepared(watch.redis, prepared_key(f"{task_id}:{step}"), new, overwrite=True)
+        nonces.record(p.sender, new.nonce, new.tx_hash, owner=f"{task_id}:{step}")
+        try:
+            broadcast(new.raw_bytes(), new.tx_hash, clients, nonce=new.nonce)
+        except EspError as exc:
+            log.warning("replacement %s of %s: %s", new.tx_hash, p.tx_hash, exc)
+        record = store.find(task_id)
+        result = dict(record.result or {}) if record else {}
+        result["replaced"] = int(result.get("replaced", 0)) + 1
+        store.update(task_id, result=result)
+        counts["replaced"] += 1
+    entry["deadline"] = now + tx_deadline
+    entry["rebroadcast_at"] = now
+    watch.update(task_id, entry)
+
+
+def _ask_any(clients: Sequence[RpcClient], calls: list[tuple[str, list[Any]]]) -> tuple[RpcClient, list[dict[str, Any]]]:
+    last: Exception | None = None
+    for client in clients:
+        try:
+            return client, client.batch_raw(calls)
+        except NodeUnreachable as exc:
+            last = exc
+    raise NodeUnreachable(f"no node answered the receipt check: {last}")
+
+
+@shared_task(name="tasks.receipts.track_receipts", queue="esp.control", ignore_result=True)
+def track_receipts() -> dict[str, int]:
+    """Confirm, fail, re-broadcast or replace the watched transactions (one pass)."""
+    from tasks.context import writer
+
+    w = writer()
+    try:
+        clients = w.sender.clients(_read_kind(), None)
+        return track(
+            w.store, w.sender.watch, clients, confirmations=w.settings.confirmations,
+            deadline_action=w.settings.tx_deadline_action, tx_deadline=w.settings.tx_deadline,
+            signer=w.sender.signer, nonces=w.sender.nonces,
+        )
+    except NodeUnreachable as exc:
+        log.warning("receipt check skipped: %s", exc)
+        return {}
+
+
+def _read_kind() -> Any:
+    from balancer import TaskKind
+
+    return TaskKind.READ

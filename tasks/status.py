@@ -1,0 +1,134 @@
+"""ESP's record of a write task, in Redis: what the task-status API shows.
+
+Celery's own states say whether a worker ran the task; a client wants to know
+where its transaction is. The record follows it::
+
+    queued -> waiting (for a healthy node) -> running -> broadcast -> confirmed
+                                                 \\-----------------\\-> failed
+
+``broadcast`` is set once a node accepted the signed transaction; the receipt
+tracker sets ``confirmed`` (with the receipt) or ``failed`` (with the decoded
+revert reason). Every change is published on a channel so ``?wait=`` can block
+without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from errors import NotFound
+
+TASK_KEY = "esp:task:{}"
+TASK_CHANNEL = "esp:task-events:{}"
+
+QUEUED = "queued"
+WAITING = "waiting"
+RUNNING = "running"
+BROADCAST = "broadcast"
+CONFIRMED = "confirmed"
+FAILED = "failed"
+STATES = (QUEUED, WAITING, RUNNING, BROADCAST, CONFIRMED, FAILED)
+FINAL = (CONFIRMED, FAILED)
+
+
+@dataclass
+class TaskRecord:
+    """One write task as clients see it."""
+
+    id: str
+    operation: str
+    kind: str
+    state: str = QUEUED
+    node: str | None = None
+    attempts: int = 0
+    created_at: float = 0.0
+    started_at: float | None = None  # first time a worker ran it (queue wait = started_at - created_at)
+    updated_at: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL
+
+    def public(self) -> dict[str, Any]:
+        """The JSON the API returns."""
+        body = asdict(self)
+        body["status_url"] = f"/api/v1/tasks/{self.id}"
+        return body
+
+
+class TaskStore:
+    """Reads and writes task records; every write is published for waiters."""
+
+    def __init__(self, client: redis.Redis, *, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+
+    def create(self, task_id: str, operation: str, kind: str, params: dict[str, Any]) -> TaskRecord:
+        now = time.time()
+        record = TaskRecord(id=task_id, operation=operation, kind=kind, params=params, created_at=now, updated_at=now)
+        self._write(record)
+        return record
+
+    def get(self, task_id: str) -> TaskRecord:
+        raw = self.redis.get(TASK_KEY.format(task_id))
+        if raw is None:
+            raise NotFound(f"no task {task_id!r} (unknown, or older than its retention)", field="task_id")
+        return TaskRecord(**json.loads(raw))
+
+    def find(self, task_id: str) -> TaskRecord | None:
+        try:
+            return self.get(task_id)
+        except NotFound:
+            return None
+
+    def update(self, task_id: str, *, state: str | None = None, **changes: Any) -> TaskRecord:
+        """Apply changes; a final state is never left (a late duplicate cannot undo it)."""
+        record = self.get(task_id)
+        if record.is_final and state not in (None, record.state):
+            return record
+        if state is not None:
+            if state not in STATES:
+                raise ValueError(f"unknown task state {state!r}")
+            if state == RUNNING and record.started_at is None:
+                record.started_at = time.time()
+            record.state = state
+        for name, value in changes.items():
+            setattr(record, name, value)
+        record.updated_at = time.time()
+        self._write(record)
+        return record
+
+    def wait(self, task_id: str, timeout: float) -> TaskRecord:
+        """Return the record once it is final, or as it is after ``timeout`` seconds."""
+        record = self.get(task_id)
+        if record.is_final or timeout <= 0:
+            return record
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(TASK_CHANNEL.format(task_id))
+            deadline = time.monotonic() + timeout
+            record = self.get(task_id)  # a change between get and subscribe is not missed
+            while not record.is_final:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                pubsub.get_message(timeout=min(left, 1.0))
+                record = self.get(task_id)
+        finally:
+            pubsub.close()
+        return record
+
+    def _write(self, record: TaskRecord) -> None:
+        payload = json.dumps(asdict(record), default=str)
+        pipe = self.redis.pipeline()
+        pipe.set(TASK_KEY.format(record.id), payload, ex=self.ttl)
+        pipe.publish(TASK_CHANNEL.format(record.id), record.state)
+        pipe.execute()

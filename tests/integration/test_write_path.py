@@ -1,0 +1,323 @@
+"""The write path end to end on real parts: API -> Redis queues -> real Celery workers -> 3 real nodes.
+
+What users fear most is checked here: no transaction lost, none sent twice,
+nonces without gap or duplicate under concurrency, priorities that hold under
+a backlog, a worker killed mid-send, and no secret left in Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from app import create_app
+from nodes.manager import NodeManager
+from nodes.rpc import RpcClient, to_int
+from tests.conftest import (
+    DB_WRITES,
+    child_env,
+    fresh_redis,
+    make_settings,
+    redis_url,
+    start_worker,
+    stop_process,
+    wait_for_worker,
+)
+
+PASSWORD = "correct horse battery staple 42"
+WRITE_QUEUES = "esp.deploy,esp.accounts,esp.calls"
+
+
+class Stack:
+    """A NodeManager, real worker and beat processes, and the API's test client."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.redis = fresh_redis(DB_WRITES)
+        env = {
+            "ESP_REDIS_URL": redis_url(DB_WRITES), "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
+            "ESP_KEYSTORE_SCRYPT_N": "4096", "ESP_BLOCK_TIME": "1", "ESP_ADMIN_KEY": "test-admin-key",
+            "ESP_RECEIPT_INTERVAL": "0.25", "ESP_DEPLOY_PLATFORM": "0",
+        }
+        self.env = env
+        self.settings = make_settings(tmp, **env)
+        self.manager = NodeManager(self.settings, self.redis)
+        self.specs = self.manager.start()
+        self._serve = threading.Thread(target=self.manager.serve, daemon=True)
+        self._serve.start()
+        self.app = create_app(self.settings)
+        self.celery = self.app.extensions["esp.celery"]
+        self.writers: list = []
+        self.others: list = []
+        self.others.append(start_worker(child_env(**env), queues="esp.control", name="control", log_path=tmp / "control.log"))
+        self.others.append(_start_beat(child_env(**env), tmp))
+        wait_for_worker(self.celery, "control")
+        self.start_writers()
+
+    def start_writers(self, count: int = 2) -> None:
+        for i in range(count):
+            name = f"writer{i}-{time.monotonic_ns()}"
+            self.writers.append(start_worker(child_env(**self.env), queues=WRITE_QUEUES, name=name, pool="prefork",
+                                             concurrency=2, log_path=self.tmp / f"{name}.log"))
+            wait_for_worker(self.celery, name)
+
+    def stop_writers(self) -> None:
+        for proc in self.writers:
+            stop_process(proc)
+        self.writers.clear()
+
+    def close(self) -> None:
+        self.stop_writers()
+        for proc in self.others:
+            stop_process(proc)
+        self.manager.stop()
+        self._serve.join(10)
+        self.manager.close()
+
+    def client(self):
+        return self.app.test_client()
+
+    def rpc(self, i: int = 0) -> RpcClient:
+        return RpcClient(self.specs[i].url)
+
+
+def _start_beat(env: dict[str, str], tmp: Path):
+    import subprocess
+    import sys
+
+    from settings import ROOT
+
+    with open(tmp / "beat.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"), "--loglevel=INFO"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("writes"))
+    yield s
+    s.close()
+
+
+def wait_task(client, task_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/v1/tasks/{task_id}?wait=10").get_json()
+        if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
+            return body
+
+
+def new_account(stack: Stack) -> str:
+    client = stack.client()
+    response = client.post("/api/v1/accounts", json={"password": PASSWORD})
+    assert response.status_code == 202, response.get_json()
+    done = wait_task(client, response.get_json()["id"])
+    assert done["state"] == "confirmed", done
+    address = done["result"]["address"]
+    assert client.post(f"/api/v1/accounts/{address}/unlock", json={"password": PASSWORD, "seconds": 3600}).status_code == 200
+    return address
+
+
+def test_account_is_created_funded_and_unlocked(stack):
+    client = stack.client()
+    response = client.post("/api/v1/accounts", json={"password": PASSWORD})
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status_url"] == f"/api/v1/tasks/{body['id']}" and body["state"] == "queued"
+    done = wait_task(client, body["id"])
+    assert done["state"] == "confirmed", done
+    address = done["result"]["address"]
+    assert done["result"]["block_number"] >= 1 and done["result"]["status"] == 1 and done["node"]
+    assert done["started_at"] >= done["created_at"]
+    balance = client.get(f"/api/v1/accounts/{address}/balance").get_json()
+    assert int(balance["wei"]) == stack.settings.funding_wei
+    listed = client.get("/api/v1/accounts").get_json()
+    assert address in [a["address"] for a in listed["accounts"]]
+    wrong = client.post(f"/api/v1/accounts/{address}/unlock", json={"password": "not it at all", "seconds": 60})
+    assert wrong.status_code == 403 and wrong.mimetype == "application/problem+json"
+    assert "not it at all" not in wrong.get_data(as_text=True)
+    # A locked account cannot send: refused before anything is enqueued.
+    locked = client.post("/api/v1/transactions", json={"from": address, "to": address, "value_wei": 1})
+    assert locked.status_code == 423
+    ok = client.post(f"/api/v1/accounts/{address}/unlock", json={"password": PASSWORD, "seconds": 60})
+    assert ok.status_code == 200 and ok.get_json()["unlocked"] is True
+    sent = client.post("/api/v1/transactions", json={"from": address, "to": address, "value_wei": "5"})
+    assert sent.status_code == 202
+    result = wait_task(client, sent.get_json()["id"])
+    assert result["state"] == "confirmed", result
+    assert set(result["result"]) >= {"tx_hash", "nonce", "block_number", "node"}
+    receipt_everywhere = [stack.rpc(i).call("eth_getTransactionReceipt", [result["result"]["tx_hash"]]) for i in range(3)]
+    assert all(r and to_int(r["status"]) == 1 for r in receipt_everywhere)
+
+
+def test_thousand_concurrent_transfers_from_one_account(stack):
+    sender = new_account(stack)
+    recipient = "0x000000000000000000000000000000000000dEaD"
+    start_balance = to_int(stack.rpc().call("eth_getBalance", [recipient, "latest"]))
+    count, value = 1000, 7
+
+    def submit(_: int) -> str:
+        response = stack.client().post("/api/v1/transactions", json={"from": sender, "to": recipient, "value_wei": value})
+        assert response.status_code == 202, response.get_json()
+        return response.get_json()["id"]
+
+    with ThreadPoolExecutor(16) as pool:
+        task_ids = list(pool.map(submit, range(count)))
+    assert len(set(task_ids)) == count
+    client = stack.client()
+    results = [wait_task(client, task_id, timeout=180) for task_id in task_ids]
+    states = Counter(r["state"] for r in results)
+    assert states == {"confirmed": count}, (states, [r["error"] for r in results if r["state"] != "confirmed"][:3])
+    nonces = sorted(r["result"]["nonce"] for r in results)
+    assert nonces == list(range(count)), "nonces must be exactly 0..999: no gap, no duplicate"
+    hashes = {r["result"]["tx_hash"] for r in results}
+    assert len(hashes) == count
+    rpc = stack.rpc(1)
+    assert to_int(rpc.call("eth_getTransactionCount", [sender, "latest"])) == count
+    assert to_int(rpc.call("eth_getBalance", [recipient, "latest"])) - start_balance == count * value
+    gas = sum(r["result"]["gas_used"] * r["result"]["effective_gas_price"] for r in results)
+    final = to_int(rpc.call("eth_getBalance", [sender, "latest"]))
+    assert final == stack.settings.funding_wei - count * value - gas  # exact to the wei
+
+
+def test_a_deploy_class_task_jumps_a_backlog_of_calls(stack):
+    sender = new_account(stack)
+    client = stack.client()
+    stack.stop_writers()
+    backlog = []
+    for _ in range(500):
+        response = client.post("/api/v1/transactions", json={"from": sender, "to": sender, "value_wei": 1})
+        backlog.append(response.get_json()["id"])
+    account_task = client.post("/api/v1/accounts", json={"password": PASSWORD}).get_json()["id"]
+    assert stack.redis.llen("esp.calls") == 500
+    stack.start_writers()
+    done = wait_task(client, account_task, timeout=120)
+    assert done["state"] == "confirmed"
+    started_calls = [client.get(f"/api/v1/tasks/{t}").get_json()["started_at"] for t in backlog]
+    before = sum(1 for s in started_calls if s is not None and s < done["started_at"])
+    # With two writers of two processes each and prefetch 1, at most a handful of calls were taken before.
+    assert before <= 8, f"{before} calls started before the account task submitted last"
+    waits = {
+        "accounts": done["started_at"] - done["created_at"],
+        "calls_median": sorted(
+            client.get(f"/api/v1/tasks/{t}?wait=60").get_json()["started_at"] - stack_created(client, t) for t in backlog
+        )[250],
+    }
+    print("measured queue wait (s):", waits)
+    assert waits["accounts"] < waits["calls_median"]
+
+
+def stack_created(client, task_id: str) -> float:
+    return client.get(f"/api/v1/tasks/{task_id}").get_json()["created_at"]
+
+
+def test_worker_killed_mid_send_sends_each_transaction_once(stack):
+    sender = new_account(stack)
+    client = stack.client()
+    count = 150
+    ids = [client.post("/api/v1/transactions", json={"from": sender, "to": sender, "value_wei": 3}).get_json()["id"] for _ in range(count)]
+    # Kill pool processes with SIGKILL while they work: their tasks are re-delivered and must not send twice.
+    killed = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and killed < 6:
+        for writer in stack.writers:
+            children = psutil.Process(writer.pid).children()
+            if children:
+                os.kill(children[0].pid, signal.SIGKILL)
+                killed += 1
+        time.sleep(0.3)
+    results = [wait_task(client, t, timeout=180) for t in ids]
+    assert Counter(r["state"] for r in results) == {"confirmed": count}
+    nonces = sorted(r["result"]["nonce"] for r in results)
+    assert nonces == list(range(nonces[0], nonces[0] + count))
+    rpc = stack.rpc()
+    assert to_int(rpc.call("eth_getTransactionCount", [sender, "latest"])) == nonces[0] + count
+    assert killed >= 1
+
+
+def test_idempotency_key_returns_the_same_task(stack):
+    client = stack.client()
+    treasury = client.get("/api/v1/accounts").get_json()["treasury"]
+    body = {"from": treasury, "to": "0x000000000000000000000000000000000000bEEF", "value_wei": 11}
+    first = client.post("/api/v1/transactions", json=body, headers={"Idempotency-Key": "order-77"})
+    again = client.post("/api/v1/transactions", json=body, headers={"Idempotency-Key": "order-77"})
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["id"] == again.get_json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    other = client.post("/api/v1/transactions", json={**body, "value_wei": 12}, headers={"Idempotency-Key": "order-77"})
+    assert other.status_code == 409 and other.get_json()["field"] == "Idempotency-Key"
+    assert wait_task(client, first.get_json()["id"])["state"] == "confirmed"
+    assert to_int(stack.rpc().call("eth_getBalance", [body["to"], "latest"])) == 11
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [
+        ({"to": "0x000000000000000000000000000000000000dEaD", "value_wei": 1}, "from", 422),
+        ({"from": "0x123", "to": "0x000000000000000000000000000000000000dEaD", "value_wei": 1}, "from", 422),
+        ({"from": "0x000000000000000000000000000000000000DEAD", "to": "0x000000000000000000000000000000000000dEaD", "value_wei": 1}, "from", 422),
+        ({"from": "TREASURY", "to": "0x000000000000000000000000000000000000dEaD", "value_wei": -1}, "value_wei", 422),
+        ({"from": "TREASURY", "to": "0x000000000000000000000000000000000000dEaD", "value_wei": 1.5}, "value_wei", 422),
+        ({"from": "TREASURY", "to": "0x000000000000000000000000000000000000dEaD", "value_wei": "ten"}, "value_wei", 422),
+        ({"from": "TREASURY", "to": "0x000000000000000000000000000000000000dead1", "value_wei": 1}, "to", 422),
+    ],
+)
+def test_bad_input_is_a_problem_naming_the_field_and_enqueues_nothing(stack, body, field, status):
+    client = stack.client()
+    treasury = client.get("/api/v1/accounts").get_json()["treasury"]
+    body = {k: (treasury if v == "TREASURY" else v) for k, v in body.items()}
+    before = [stack.redis.llen(q) for q in ("esp.deploy", "esp.accounts", "esp.calls")], len(stack.redis.keys("esp:task:*"))
+    response = client.post("/api/v1/transactions", json=body)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["field"] == field
+    after = [stack.redis.llen(q) for q in ("esp.deploy", "esp.accounts", "esp.calls")], len(stack.redis.keys("esp:task:*"))
+    assert before == after
+
+
+def test_unknown_task_is_404(stack):
+    response = stack.client().get("/api/v1/tasks/no-such-task")
+    assert response.status_code == 404 and response.get_json()["field"] == "task_id"
+
+
+def test_zz_no_password_or_private_key_anywhere_in_redis(stack):
+    """Runs last in this module: everything the broker and result backend stored is searched."""
+    from wallet.keystore import Keystore
+
+    ks = Keystore(stack.settings.keystore_dir, work_factor=4096)
+    keys = [ks.decrypt(address, PASSWORD).hex() for address in ks.list()]
+    assert len(keys) >= 3
+    needles = [PASSWORD.encode(), stack.settings.treasury_key[2:].encode()] + [k.encode() for k in keys]
+    found = []
+    for key in stack.redis.scan_iter(count=1000):
+        kind = stack.redis.type(key)
+        if kind == b"string":
+            values = [stack.redis.get(key) or b""]
+        elif kind == b"list":
+            values = stack.redis.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values = [v for pair in stack.redis.hgetall(key).items() for v in pair]
+        elif kind == b"set":
+            values = list(stack.redis.smembers(key))
+        elif kind == b"zset":
+            values = [m for m, _ in stack.redis.zrange(key, 0, -1, withscores=True)]
+        elif kind == b"stream":
+            values = [v for _, fields in stack.redis.xrange(key) for pair in fields.items() for v in pair]
+        else:
+            values = []
+        for value in [key, *values]:
+            lowered = value.lower() if isinstance(value, bytes) else str(value).lower().encode()
+            found += [(key, n[:6]) for n in needles if n.lower() in lowered]
+    assert not found, f"secrets found in Redis: {found}"
+    for log in stack.tmp.glob("*.log"):
+        text = log.read_bytes().lower()
+        assert not [n for n in needles if n.lower() in text], f"a secret is in {log.name}"
