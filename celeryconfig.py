@@ -73,6 +73,12 @@ def from_settings(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.monitor_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.monitor_interval * 2},
             },
+            "ensure-platform": {
+                # Redeploys the platform if the devnet restarted while workers kept running.
+                "task": "tasks.business.ensure_platform",
+                "schedule": 60.0,
+                "options": {"queue": CONTROL_QUEUE, "expires": 60.0},
+            },
             "track-receipts": {
                 "task": "tasks.receipts.track_receipts",
                 "schedule": settings.receipt_interval,

@@ -24,10 +24,27 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["esp.reader"] = ReadClient(pool, placement)
     app.extensions["esp.celery"] = make_celery(settings)
 
-    from app import accounts, errors, health, nodes, tasks_api
+    from app import (
+        accounts,
+        chain,
+        contracts_api,
+        errors,
+        events,
+        health,
+        metrics,
+        mining,
+        nodes,
+        openapi,
+        projects,
+        tasks_api,
+        thesis,
+        token,
+    )
 
     errors.register(app)
-    for module in (health, nodes, tasks_api, accounts):
+    for module in (health, nodes, tasks_api, accounts, metrics):
+        app.register_blueprint(module.bp)
+    for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)
     return app
 

@@ -139,3 +139,18 @@ def market_settings() -> dict[str, Any]:
     reward, _ = call_view(market, "ProjectMarket", "publishReward")
     fee, _ = call_view(market, "ProjectMarket", "feeBps")
     return {"market": market, "publish_reward": str(reward[0]), "fee_bps": int(fee[0])}
+
+
+def find_project(name: str | None, file_hash: str | None, *, field: str = "projectHash") -> Project:
+    """The first project (lowest id) with this name and/or file hash, from the ProjectPublished logs."""
+    from contracts.abi import platform_decoder
+
+    record = require_platform()
+    decoder = platform_decoder()
+    query = {"fromBlock": hex(int(record.get("deploy_block") or 0)), "toBlock": "latest", "address": record["ProjectMarket"],
+             "topics": [decoder.topic("ProjectPublished")]}
+    for log in decoder.decode_all(reader().call("eth_getLogs", [query]) or []):
+        if (name is None or log.args["name"] == name) and (file_hash is None or log.args["fileHash"].lower() == file_hash.lower()):
+            return get_project(int(log.args["id"]), field=field)
+    wanted = " and ".join(f"{k} {v!r}" for k, v in (("name", name), ("file hash", file_hash)) if v is not None)
+    raise NotFound(f"no project with {wanted} (unknown project)", field=field)

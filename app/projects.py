@@ -1,0 +1,127 @@
+"""Projects: publish (multipart upload), list, summary, buy, and the file for its publisher and buyers.
+
+- ``POST /api/v1/projects`` (multipart/form-data: ``publisher``, ``name``, ``price``,
+  ``file``): the file is stored content-addressed under ESP_FILES_DIR (its name is
+  its SHA-256) before the publish task is enqueued, and that hash goes on chain.
+  Over ESP_MAX_FILE_MB: 413 naming ``file``. Once confirmed, the task's result
+  holds ``project_id`` (decoded from the ProjectPublished log).
+- ``GET /api/v1/projects/<id>?account=<address>``: the summary. ESP has no user
+  sessions, so a view is recorded on chain (``record_view``, signed by the
+  treasury) only when the viewer names itself with ``?account=``; the response
+  then carries ``view_task``. Listing projects records nothing.
+- ``GET /api/v1/projects/<id>/file?account=<address>``: the file, only for the
+  publisher or a buyer (403 otherwise), and only once its download record is
+  enqueued (``record_download``; task id in the ``ESP-Record-Task`` header): a
+  download that cannot be recorded is not served.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app.business import (
+    check_download,
+    check_publish_fields,
+    max_file_bytes,
+    store_file,
+    submit_buy,
+    submit_publish,
+    submit_record_download,
+    submit_record_view,
+)
+from app.platform import get_project, has_bought, market_settings, project_count, require_platform
+from app.validation import address, integer, json_body, required
+from errors import ValidationError
+
+bp = Blueprint("projects", __name__, url_prefix="/api/v1/projects")
+
+#: Room for the multipart boundaries and the small fields around the file.
+FORM_OVERHEAD = 64 * 1024
+MAX_PAGE = 100
+MAX_ID = 2**63
+
+
+def project_id(raw: str, field: str = "id") -> int:
+    """A project id from the path (a whole number >= 1)."""
+    return integer(raw, field, low=1, high=MAX_ID)
+
+
+def upload_form() -> tuple[Any, Any]:
+    """The request's form and files, refusing (413 naming ``file``) a body too large for ESP_MAX_FILE_MB."""
+    limit = max_file_bytes()
+    too_large = ValidationError("file", f"is larger than {limit // (1024 * 1024)} MiB (ESP_MAX_FILE_MB)", status=413)
+    if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
+        raise too_large  # refused before the body is read
+    request.max_content_length = limit + FORM_OVERHEAD
+    try:
+        return request.form, request.files
+    except RequestEntityTooLarge:
+        raise too_large from None
+
+
+@bp.post("")
+def publish() -> tuple[Response, int]:
+    """Publish a project (multipart: publisher, name, price, file); 202 with the task (result: project_id)."""
+    if not request.mimetype.startswith("multipart/form-data"):
+        raise ValidationError("body", "must be multipart/form-data with publisher, name, price and file", status=415)
+    form, files = upload_form()
+    publisher, name, price = check_publish_fields(form.to_dict())
+    upload = files.get("file")
+    if upload is None:
+        raise ValidationError("file", "is required (a multipart file part named 'file')")
+    digest, size = store_file(upload.stream)
+    return submit_publish(publisher, name, price, digest, extra={"file_size": size})
+
+
+@bp.get("")
+def list_projects() -> Response:
+    """Projects by id (``?offset=`` first id, default 1; ``?limit=`` up to 100), with the market's reward and fee."""
+    offset = integer(request.args.get("offset", "1"), "offset", low=1, high=MAX_ID)
+    limit = integer(request.args.get("limit", "50"), "limit", low=1, high=MAX_PAGE)
+    require_platform()
+    count = project_count()
+    last = min(count, offset + limit - 1)
+    projects = [get_project(i).public() for i in range(offset, last + 1)]
+    body: dict[str, Any] = {"projects": projects, "count": count, "offset": offset, "limit": limit,
+                            "next_offset": last + 1 if last < count else None, **market_settings()}
+    return jsonify(body)
+
+
+@bp.get("/<pid>")
+def summary(pid: str) -> Response:
+    """A project's summary; with ``?account=`` also whether it bought it, and the view is recorded on chain."""
+    ident = project_id(pid)
+    raw = request.args.get("account")
+    account = address(raw, "account") if raw is not None else None
+    body = get_project(ident).public()
+    if account is not None:
+        body["account"] = account
+        body["bought"] = has_bought(ident, account)
+        body["view_task"] = submit_record_view(ident, account)
+    return jsonify(body)
+
+
+@bp.post("/<pid>/buy")
+def buy(pid: str) -> tuple[Response, int]:
+    """Buy a project as ``buyer`` (an unlocked account); 202 with the task (result: price, fee)."""
+    ident = project_id(pid)
+    data = json_body(request)
+    buyer = address(required(data, "buyer"), "buyer")
+    return submit_buy(buyer, ident)
+
+
+@bp.get("/<pid>/file")
+def download(pid: str) -> Response:
+    """The project's file for its publisher or a buyer (``?account=``); the download is recorded on chain."""
+    ident = project_id(pid)
+    account = address(required(request.args.to_dict(), "account"), "account")
+    path = check_download(ident, account)
+    task_id = submit_record_download(ident, account)
+    response = send_file(path, mimetype="application/octet-stream", as_attachment=True,
+                         download_name=f"project-{ident}-{path.name[:16]}", etag="0x" + path.name, max_age=0)
+    response.headers["ESP-Record-Task"] = task_id
+    response.headers["Link"] = f'</api/v1/tasks/{task_id}>; rel="record"'
+    return response
