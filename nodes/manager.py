@@ -55,6 +55,35 @@ def check_static_node(spec: NodeSpec, *, timeout: float) -> int:
         client.close()
 
 
+#: What ESP keeps in Redis about one chain: nonces, signed transactions, watched receipts,
+#: the platform's addresses. A devnet starts from genesis, so none of it holds any more.
+CHAIN_STATE_PATTERNS = ("esp:nonce:{chain}:*", "esp:prepared:*", "esp:watch:*", "esp:platform*")
+CHAIN_STATE_KEYS = ("esp:watch",)
+
+
+def reset_chain_state(client: redis.Redis, chain_id: int) -> int:
+    """Forget a previous devnet's chain state before a new one starts; returns keys deleted.
+
+    Tasks still waiting for receipts from the old chain are failed (their
+    transactions cannot be mined: that chain is gone), rather than re-broadcast
+    onto the new chain by the receipt tracker.
+    """
+    from tasks.receipts import ReceiptWatch
+    from tasks.status import FAILED, TaskStore
+
+    store = TaskStore(client, ttl=86400)
+    for task_id, _ in ReceiptWatch(client).entries(limit=1_000_000):
+        if store.find(task_id) is not None:
+            store.update(task_id, state=FAILED, error={"type": "chain-reset", "message": "the devnet was restarted from genesis"})
+    deleted = 0
+    for pattern in CHAIN_STATE_PATTERNS:
+        batch = list(client.scan_iter(match=pattern.format(chain=chain_id), count=1000))
+        for i in range(0, len(batch), 500):
+            deleted += int(client.delete(*batch[i : i + 500]))  # type: ignore[arg-type]
+    deleted += int(client.delete(*CHAIN_STATE_KEYS))  # type: ignore[arg-type]
+    return deleted
+
+
 class NodeManager:
     """Owns the pool's nodes for the life of the stack."""
 
@@ -82,6 +111,7 @@ class NodeManager:
                 self.registry.register(spec)
             self.registry.set_pool(leader="", backend="static", chain_id=chain_ids.pop(), devnet=False)
             return specs
+        reset_chain_state(self.redis, self.settings.chain_id)
         self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
         return self.devnet.start()
 

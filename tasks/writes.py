@@ -88,7 +88,16 @@ def write_operation(name: str, kind: TaskKind) -> Callable[[Callable[..., Plan]]
 
     def decorate(fn: Callable[..., Plan]) -> Task:
         def run(self: Task, **params: Any) -> dict[str, Any]:
-            return run_write(self, kind, fn(**params))
+            try:
+                plan = fn(**params)
+            except (TypeError, ValueError) as exc:
+                # A message this code cannot read (e.g. from an older or newer API): end it clearly.
+                from tasks.context import writer
+
+                error = {"type": "bad-arguments", "message": f"{name}: {exc}"}
+                writer().store.update(self.request.id, state=FAILED, error=error)
+                return {"failed": error}
+            return run_write(self, kind, plan)
 
         run.__name__ = name
         run.__doc__ = fn.__doc__
