@@ -5,30 +5,53 @@ imports a block: it re-executes the block's transactions. One node, the
 *leader*, mines (interval mining by default). Every *follower* runs without
 mining; for each new leader block it
 
-1. takes the block's raw transactions from the leader (``eth_getRawTransactionByHash``),
-2. sends them to its own pool and mines one block with the leader's timestamp,
-3. checks that the block hash and state root are the leader's, and stops with
+1. checks that the block's parent is its own head (else :class:`ChainDiverged`),
+2. takes the block's raw transactions from the leader (``eth_getRawTransactionByHash``),
+3. sends them to its own pool in block order and mines one block with the leader's timestamp,
+4. checks that the block hash and state root are the leader's, and stops with
    :class:`ChainDiverged` if they ever differ.
 
 Every node starts from the same genesis (timestamp, chain id, gas limit, dev
-accounts) and orders its pool FIFO, so the same transactions on the same parent
-give the same block (measured here: identical hashes and state roots). Base
-fee, coinbase and gas limit follow from the shared genesis and history.
+accounts) and orders its pool FIFO, so the same transactions sent one after
+the other on the same parent give the same block (measured here: identical
+hashes and state roots). Base fee, coinbase and gas limit follow from the
+shared genesis and history. A JSON-RPC batch does not keep FIFO order for
+large blocks (measured: a 300-transaction batch came out reordered from the
+171st on), so an import whose block holds the right transactions in another
+order is rolled back and redone with one call per transaction.
 
 Transaction gossip: a raw transaction sent to a follower is forwarded to the
 leader's pool and dropped from the follower's, so it is mined once, by the
-leader. If one arrives between the follower's pool check and its import, it
-lands in the imported block, whose hash then differs: the importer rolls that
-block back (anvil keeps the last states in memory for this), forwards the
-stray transaction and imports again.
+leader. anvil cannot drop a *queued* transaction (one behind a nonce gap) by
+hash; it stays in the follower's pool until an import makes it executable,
+and is dropped then, before the block is mined. One that arrives in the
+moment between that check and the mining lands in the imported block, whose
+hash then differs: the importer rolls that block back (anvil keeps the last
+states in memory for this, and does not put a rolled-back block's
+transactions back in the pool; it does keep the next base fee it computed,
+so the redone block gets the leader's explicitly), forwards the stray
+transaction and imports again. A follower's head may therefore show a block
+for a moment that is then undone: its sync status (``head``) only ever
+counts blocks it has checked.
 
 Leader restart: the leader stops mining, the most up-to-date follower catches
-up to its head, takes its pending transactions and is promoted; the old leader
-comes back as a follower and imports the chain from genesis. No block is lost.
-If the leader dies instead, the most advanced follower is promoted; a block the
-dead leader mined in the last milliseconds and nobody imported is lost, and its
-transactions are re-broadcast by the write path, which keeps every signed
+up to its head; the sync loops pause while that follower is promoted and the
+old leader's pending transactions (its own and those followers forwarded to
+it) move to the new leader; the old leader comes back as a follower and
+imports the chain from genesis. No block is lost. A node being restarted must
+be drained first (the recycler does): a transaction it accepts in the last
+milliseconds before it stops is in no other pool.
+
+If the leader dies instead, the most advanced follower is promoted once the
+leader has not answered for LEADER_GRACE seconds. Lost then: blocks the dead
+leader mined that no follower had imported yet, and every transaction that
+was only in the dead leader's pool (sent to it, or forwarded to it by a
+follower). The write path re-broadcasts them: it keeps every signed
 transaction until it has a receipt.
+
+Limits: a promoted follower mines through ``evm_setIntervalMining``, which
+takes whole seconds, so a sub-second ESP_BLOCK_TIME becomes 1 s after a
+promotion.
 """
 
 from __future__ import annotations
@@ -38,12 +61,15 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
 from errors import ChainDiverged, NodeError, NodeUnreachable, RpcError
+from nodes.anvil import KEPT_STATES
 from nodes.base import ROLE_FOLLOWER, ROLE_LEADER, NodeBackend, NodeSpec
 from nodes.registry import NodeRegistry
 from nodes.rpc import RpcClient, to_int
@@ -57,6 +83,13 @@ IMPORT_BATCH = 64
 POLL_INTERVAL = 0.02
 #: Seconds the leader may not answer before the most advanced follower takes over.
 LEADER_GRACE = 2.0
+#: Longest run of empty blocks mined in one call; a stray transaction undoes the run, and
+#: anvil can roll back only the states it keeps (nodes.anvil.KEPT_STATES).
+EMPTY_RUN_MAX = KEPT_STATES - 1
+#: Blocks smaller than this are always first sent in one JSON-RPC batch (60 kept their order here).
+BATCH_ORDER_FLOOR = 32
+#: Seconds a promotion waits for the sync loops to finish the round they are in.
+QUIESCE_TIMEOUT = 10.0
 
 STATUS_UP = "up"
 STATUS_SYNCING = "syncing"
@@ -75,6 +108,10 @@ class SyncStatus:
     leader_head: int = -1
     error: str = ""
     updated_at: float = 0.0
+    #: Counted since the node's last (re)start: blocks and transactions imported, imports redone.
+    imported_blocks: int = 0
+    imported_txs: int = 0
+    rollbacks: int = 0
 
     @property
     def lag(self) -> int:
@@ -84,35 +121,47 @@ class SyncStatus:
 # -- block import ---------------------------------------------------------------------
 
 
-def forward_pending(follower: RpcClient, leader: RpcClient, *, forwarded: set[str] | None = None) -> int:
+def forward_pending(
+    follower: RpcClient, leader: RpcClient, *, forwarded: set[str] | None = None, keep: set[str] | None = None
+) -> int:
     """Move the transactions waiting in a follower's pool to the leader's pool.
 
     Pending transactions are dropped here once the leader has them. anvil cannot
     drop *queued* ones (nonce gaps); they are forwarded once (``forwarded``
     remembers them) and, should one become executable during an import, the
-    importer rolls it back out of the block. Returns how many were forwarded.
+    importer drops it then (or rolls it back out of the block). Transactions in
+    ``keep`` (the block being imported) stay. Returns how many were forwarded.
     """
+    return _forward(follower, leader, forwarded=forwarded, keep=keep)[0]
+
+
+def _forward(
+    follower: RpcClient, leader: RpcClient, *, forwarded: set[str] | None, keep: set[str] | None
+) -> tuple[int, int]:
+    """forward_pending; returns (forwarded, queued transactions left in the follower's pool)."""
     content = follower.call("txpool_content")
+    keep = keep or set()
     pending = [tx["hash"] for by_nonce in (content.get("pending") or {}).values() for tx in by_nonce.values()]
-    queued = [tx["hash"] for by_nonce in (content.get("queued") or {}).values() for tx in by_nonce.values()]
-    if forwarded is not None:
-        queued = [h for h in queued if h not in forwarded]
-    hashes = pending + queued
-    if not hashes:
-        return 0
-    raws = follower.batch_raw([("eth_getRawTransactionByHash", [h]) for h in hashes])
-    sends = [("eth_sendRawTransaction", [r["result"]]) for r in raws if r.get("result")]
-    for reply in leader.batch_raw(sends):
-        err = (reply.get("error") or {}).get("message", "")
-        if err and not _is_known(err):
-            log.warning("leader refused a gossiped transaction: %s", err)
+    pending = [h for h in pending if h not in keep]
+    queued_all = [tx["hash"] for by_nonce in (content.get("queued") or {}).values() for tx in by_nonce.values()]
+    queued = [h for h in queued_all if forwarded is None or h not in forwarded]
+    # A pending transaction forwarded before (while it was queued) only needs dropping.
+    hashes = [h for h in pending if forwarded is None or h not in forwarded] + queued
+    if hashes:
+        raws = follower.batch_raw([("eth_getRawTransactionByHash", [h]) for h in hashes])
+        sends = [("eth_sendRawTransaction", [r["result"]]) for r in raws if r.get("result")]
+        # Raises NodeUnreachable when the leader is gone: then nothing is dropped here.
+        for reply in leader.batch_raw(sends):
+            err = (reply.get("error") or {}).get("message", "")
+            if err and not _is_known(err):
+                log.warning("leader refused a gossiped transaction: %s", err)
     if pending:
         follower.batch_raw([("anvil_dropTransaction", [h]) for h in pending])
     if forwarded is not None:
         if len(forwarded) > 100_000:
             forwarded.clear()
         forwarded.update(queued)
-    return len(hashes)
+    return len(hashes), len(queued_all)
 
 
 def _is_known(message: str) -> bool:
@@ -132,13 +181,45 @@ class BlockImporter:
         self.follower = follower
         self.node_id = node_id
         self.forwarded: set[str] = set()
+        self.imported_blocks = 0
+        self.imported_txs = 0
+        self.rollbacks = 0
+        # anvil_rollback leaves the base fee anvil computed for the block after the undone one:
+        # the next block mined must get the leader's base fee explicitly (measured: 0.875 gwei, not 1).
+        self._base_fee_stale = False
+        self._batch_limit = math.inf  # blocks with this many transactions or more are sent one call each
+        self._queued_forwarded = 0  # queued transactions in our pool, all forwarded, at the last forward
+        #: (number, hash) of the latest block known to be the leader's block too ((-1, ""): none yet).
+        self.verified: tuple[int, str] = (-1, "")
+
+    def forward(self, leader: RpcClient, *, keep: set[str] | None = None) -> int:
+        """forward_pending, skipped when the pool's counts show nothing new (txpool_content is costly when many wait).
+
+        Expected at rest: no pending transaction but ``keep`` (the block being imported), and
+        only the queued ones already forwarded. Anything arriving changes a count.
+        """
+        status = self.follower.call("txpool_status")
+        if to_int(status.get("pending")) == len(keep or ()) and to_int(status.get("queued")) == self._queued_forwarded:
+            return 0
+        count, self._queued_forwarded = _forward(self.follower, leader, forwarded=self.forwarded, keep=keep)
+        return count
+
+    def forget_forwarded(self) -> None:
+        """Forward every transaction in our pool again on the next round (the leader changed)."""
+        self.forwarded.clear()
+        self._queued_forwarded = -1
+
+    def counters(self) -> tuple[int, int, int]:
+        """(blocks imported, transactions imported, imports redone) so far."""
+        return self.imported_blocks, self.imported_txs, self.rollbacks
 
     def head(self) -> int:
+        """The follower's current block number."""
         return to_int(self.follower.call("eth_blockNumber"))
 
     def check_common_ancestor(self, leader: RpcClient, height: int) -> None:
         """Raise ChainDiverged unless the follower's block at ``height`` is the leader's."""
-        if height <= 0:
+        if height < 0:
             return
         mine, theirs = self.follower.call("eth_getBlockByNumber", [hex(height), False]), leader.call(
             "eth_getBlockByNumber", [hex(height), False]
@@ -148,10 +229,13 @@ class BlockImporter:
                 f"{self.node_id}: block {height} is {mine and mine['hash']} here but {theirs and theirs['hash']} on the leader",
                 node_id=self.node_id,
             )
+        self.verified = (height, mine["hash"])
 
     def import_range(self, leader: RpcClient, start: int, end: int) -> int:
         """Import leader blocks ``start..end`` (inclusive); return the follower's new head."""
         blocks = leader.batch([("eth_getBlockByNumber", [hex(n), False]) for n in range(start, end + 1)])
+        if blocks and blocks[0] is not None and start > 0:
+            self._check_parent(blocks[0], start - 1)
         i = 0
         while i < len(blocks):
             block = blocks[i]
@@ -160,8 +244,7 @@ class BlockImporter:
             if not block["transactions"]:
                 # Runs of empty blocks a fixed interval apart import in one call.
                 run = _empty_run(blocks, i)
-                if len(run) > 1:
-                    self._mine_empty_run(run)
+                if len(run) > 1 and self._mine_empty_run(leader, run):
                     i += len(run)
                     continue
             self.import_block(leader, block)
@@ -171,56 +254,155 @@ class BlockImporter:
     def import_block(self, leader: RpcClient, block: dict[str, Any], *, retries: int = 3) -> None:
         """Re-execute one leader block here and check the result is identical."""
         number = to_int(block["number"])
-        hashes = block["transactions"]
+        hashes: list[str] = list(block["transactions"])
+        wanted = set(hashes)
         raws = leader.batch([("eth_getRawTransactionByHash", [h]) for h in hashes]) if hashes else []
+        one_by_one = len(hashes) >= self._batch_limit
         for attempt in range(retries + 1):
-            forward_pending(self.follower, leader, forwarded=self.forwarded)
+            self.forward(leader)
             if raws:
-                for reply in self.follower.batch_raw([("eth_sendRawTransaction", [r]) for r in raws]):
-                    err = (reply.get("error") or {}).get("message", "")
-                    if err and not _in_pool(err):
-                        raise ChainDiverged(
-                            f"{self.node_id}: block {number}: a leader transaction was refused here: {err}", node_id=self.node_id
-                        )
-            self.follower.call("evm_mine", [to_int(block["timestamp"])])
+                if not self._send_block_transactions(leader, number, hashes, raws, one_by_one=one_by_one):
+                    continue  # a conflicting transaction was evicted from the pool: send the block again
+                # Queued transactions of ours that the block made executable would slip into it: drop them
+                # now (pending ones can be dropped; the leader has them already).
+                self.forward(leader, keep=wanted)
+            self._mine_like(block)
             mined = self.follower.call("eth_getBlockByNumber", [hex(number), False])
             if mined and mined["hash"] == block["hash"] and mined["stateRoot"] == block["stateRoot"]:
+                self.imported_blocks += 1
+                self.imported_txs += len(hashes)
+                self.verified = (number, block["hash"])
                 return
-            if mined and len(mined["transactions"]) > len(hashes) and attempt < retries:
-                # A transaction gossiped to us raced into the block: undo it and retry.
-                stray = [h for h in mined["transactions"] if h not in set(hashes)]
-                log.info("%s: block %d took %d stray transaction(s); rolling back", self.node_id, number, len(stray))
-                stray_raws = self.follower.batch([("eth_getRawTransactionByHash", [h]) for h in stray])
-                self.follower.call("anvil_rollback", [1])
-                leader.batch_raw([("eth_sendRawTransaction", [r]) for r in stray_raws if r])
+            if mined and mined["transactions"] != hashes and attempt < retries:
+                # Either a transaction from our own pool became executable and slipped in (a stray: the
+                # leader gets it), or the block's transactions came out in another order (a large batch
+                # does not keep FIFO order, or a queued one arrived here before its predecessors).
+                # Undo the block; anvil does not put its transactions back into the pool.
+                stray = [h for h in mined["transactions"] if h not in wanted]
+                stray_raws = self.follower.batch([("eth_getRawTransactionByHash", [h]) for h in stray]) if stray else []
+                self._rollback(1)
+                if stray_raws:
+                    leader.batch_raw([("eth_sendRawTransaction", [r]) for r in stray_raws if r])
+                    self.forwarded.update(stray)
+                reordered = [h for h in mined["transactions"] if h in wanted] != hashes
+                log.info("%s: block %d: %d stray transaction(s), order %s; rolled back", self.node_id, number, len(stray),
+                         "changed" if reordered else "kept")
+                if reordered and not one_by_one:
+                    # Send blocks this large one call per transaction from now on (a floor keeps a
+                    # reorder that queued transactions caused from slowing small blocks down).
+                    self._batch_limit = min(self._batch_limit, max(BATCH_ORDER_FLOOR, len(hashes)))
+                one_by_one = True
                 continue
             raise ChainDiverged(
                 f"{self.node_id}: imported block {number} is {mined and mined['hash']} (state {mined and mined['stateRoot']}) "
                 f"but the leader's is {block['hash']} (state {block['stateRoot']})",
                 node_id=self.node_id,
             )
+        raise ChainDiverged(f"{self.node_id}: block {number} could not be imported in {retries + 1} attempts", node_id=self.node_id)
 
-    def _mine_empty_run(self, run: list[dict[str, Any]]) -> None:
-        first, last = run[0], run[-1]
-        step = to_int(run[1]["timestamp"]) - to_int(first["timestamp"])
-        self.follower.call("evm_mine", [to_int(first["timestamp"])])
-        if len(run) > 1:
-            self.follower.call("anvil_mine", [hex(len(run) - 1), hex(step)])
-        number = to_int(last["number"])
-        mined = self.follower.call("eth_getBlockByNumber", [hex(number), False])
-        if not mined or mined["hash"] != last["hash"]:
+    # -- helpers ------------------------------------------------------------------
+
+    def _mine_like(self, block: dict[str, Any]) -> None:
+        """Mine one block here with the leader block's timestamp (and base fee after a rollback)."""
+        if self._base_fee_stale and block.get("baseFeePerGas"):
+            self.follower.call("anvil_setNextBlockBaseFeePerGas", [block["baseFeePerGas"]])
+        self._base_fee_stale = False
+        self.follower.call("evm_mine", [to_int(block["timestamp"])])
+
+    def _rollback(self, blocks: int) -> None:
+        self.follower.call("anvil_rollback", [blocks])
+        self.rollbacks += 1
+        self._base_fee_stale = True
+
+    def _check_parent(self, block: dict[str, Any], height: int) -> None:
+        """The leader block on top of ``height`` must build on our block ``height``."""
+        mine = self.follower.call("eth_getBlockByNumber", [hex(height), False])
+        if not mine or mine["hash"] != block["parentHash"]:
             raise ChainDiverged(
-                f"{self.node_id}: imported empty block {number} is {mined and mined['hash']} but the leader's is {last['hash']}",
+                f"{self.node_id}: block {height} is {mine and mine['hash']} here but {block['parentHash']} on the leader",
                 node_id=self.node_id,
             )
 
+    def _send_block_transactions(
+        self, leader: RpcClient, number: int, hashes: list[str], raws: list[str], *, one_by_one: bool
+    ) -> bool:
+        """Put the block's transactions into our pool in block order; False when a conflict had to be evicted first."""
+        calls = [("eth_sendRawTransaction", [r]) for r in raws]
+        if one_by_one:
+            # One call each keeps FIFO order exactly (measured); a batch may not.
+            replies = [self.follower.batch_raw([c])[0] for c in calls]
+        else:
+            replies = self.follower.batch_raw(calls)
+        refused = [(h, (r.get("error") or {}).get("message", "")) for h, r in zip(hashes, replies, strict=True)]
+        refused = [(h, err) for h, err in refused if err and not _in_pool(err)]
+        if not refused:
+            return True
+        tx_hash, err = refused[0]
+        if "underpriced" in err.lower() and self._evict_conflict(leader, tx_hash):
+            return False
+        raise ChainDiverged(f"{self.node_id}: block {number}: leader transaction {tx_hash} was refused here: {err}", node_id=self.node_id)
 
-def _empty_run(blocks: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    def _evict_conflict(self, leader: RpcClient, tx_hash: str) -> bool:
+        """Remove our pool's transaction with the same sender and nonce as the leader's ``tx_hash``.
+
+        It is one a client sent here that lost to another with its nonce on the leader. anvil
+        can drop only a whole sender's pool: its other transactions go to the leader first.
+        """
+        tx = leader.call("eth_getTransactionByHash", [tx_hash])
+        if not tx:
+            return False
+        sender = tx["from"]
+        content = self.follower.call("txpool_content")
+        mine = [
+            t["hash"]
+            for part in ("pending", "queued")
+            for addr, by_nonce in (content.get(part) or {}).items()
+            if addr.lower() == sender.lower()
+            for t in by_nonce.values()
+        ]
+        raws = self.follower.batch([("eth_getRawTransactionByHash", [h]) for h in mine]) if mine else []
+        leader.batch_raw([("eth_sendRawTransaction", [r]) for r in raws if r])
+        self.follower.call("anvil_removePoolTransactions", [sender])
+        log.info("%s: evicted %d pooled transaction(s) of %s that conflict with leader transaction %s", self.node_id, len(mine), sender, tx_hash)
+        return True
+
+    def _mine_empty_run(self, leader: RpcClient, run: list[dict[str, Any]]) -> bool:
+        """Mine a run of empty blocks in a few calls; False (run undone) when our pool slipped transactions in."""
+        first, last = run[0], run[-1]
+        step = to_int(run[1]["timestamp"]) - to_int(first["timestamp"])
+        self.forward(leader)
+        self._mine_like(first)
+        # A fixed timestamp interval, not anvil_mine's own interval argument: that one moves anvil's
+        # clock offset, and a wall-clock second passing during the call then skews a timestamp.
+        self.follower.call("anvil_setBlockTimestampInterval", [step])
+        try:
+            self.follower.call("anvil_mine", [hex(len(run) - 1)])
+        finally:
+            self.follower.call("anvil_removeBlockTimestampInterval")
+        number = to_int(last["number"])
+        mined = self.follower.batch([("eth_getBlockByNumber", [hex(to_int(b["number"])), False]) for b in run])
+        if all(m and m["hash"] == b["hash"] for m, b in zip(mined, run, strict=True)):
+            self.imported_blocks += len(run)
+            self.verified = (number, last["hash"])
+            return True
+        if any(m and m["transactions"] for m in mined):
+            # A transaction reached our pool after the forward: undo the run, import block by block.
+            self._rollback(len(run))
+            return False
+        raise ChainDiverged(
+            f"{self.node_id}: imported empty block {number} is {mined[-1] and mined[-1]['hash']} but the leader's is {last['hash']}",
+            node_id=self.node_id,
+        )
+
+
+def _empty_run(blocks: list[dict[str, Any] | None], i: int) -> list[dict[str, Any]]:
     """The empty blocks from ``i`` on whose timestamps step by the same whole interval."""
-    run = [blocks[i]]
+    first = blocks[i]
+    assert first is not None
+    run = [first]
     step: int | None = None
     for block in blocks[i + 1 :]:
-        if block is None or block["transactions"]:
+        if block is None or block["transactions"] or len(run) >= EMPTY_RUN_MAX:
             break
         gap = to_int(block["timestamp"]) - to_int(run[-1]["timestamp"])
         if gap < 1 or (step is not None and gap != step):
@@ -256,6 +438,15 @@ class Devnet:
         self._stopping = threading.Event()
         self._leader_unreachable_since: float | None = None
         self._clients: dict[tuple[str, float], RpcClient] = {}
+        self._stopped: set[str] = set()  # stopped with stop_node and not restarted since
+        # The role each node's process or container was launched with: its command line keeps it
+        # (a leader's mining flags) even after a promotion or demotion changed its role here.
+        self._launched_as: dict[str, str] = {}
+        # Sync loops in a round (node id -> the leader it uses), and a pause that promotions take:
+        # no follower may forward transactions to a leader that is being replaced.
+        self._rounds = threading.Condition()
+        self._busy: dict[str, str] = {}
+        self._paused = 0
 
     # -- properties -------------------------------------------------------------------
 
@@ -301,6 +492,7 @@ class Devnet:
                 role = ROLE_LEADER if i == 0 else ROLE_FOLLOWER
                 spec = self.backend.start(f"node-{i}", role=role, port=base + i if base else None)
                 started.append(spec)
+                self._launched_as[spec.id] = role
                 self._put(spec)
                 if i == 0:
                     self._leader_id = spec.id
@@ -318,6 +510,8 @@ class Devnet:
     def close(self) -> None:
         """Stop syncing and stop every node."""
         self._stopping.set()
+        with self._rounds:
+            self._rounds.notify_all()
         for thread in list(self._threads.values()):
             thread.join(timeout=5)
         for spec in self.specs():
@@ -336,6 +530,8 @@ class Devnet:
     def stop_node(self, node_id: str) -> None:
         """Stop one node without restarting it (a crash, for tests and drills)."""
         self.backend.stop(self.spec(node_id))
+        with self._lock:
+            self._stopped.add(node_id)
         self._set_status(node_id, STATUS_DOWN)
 
     def restart(self, node_id: str, *, wait: bool = True, timeout: float = 120.0) -> NodeSpec:
@@ -344,10 +540,26 @@ class Devnet:
         if node_id == self._leader_id:
             if len(self._specs) == 1:
                 raise NodeError(f"{node_id} is the only node: restarting it would lose the chain", node_id=node_id)
-            self.hand_over(node_id, timeout=timeout)
+            successor = self.hand_over(node_id, timeout=timeout)
+            try:
+                # Once more, as late as possible: what reached the old leader since the hand-over.
+                forward_pending(self.client(node_id, timeout=2.0), self.client(successor))
+            except NodeError as exc:
+                log.warning("could not forward %s's pending transactions: %s", node_id, exc)
         self._set_status(node_id, STATUS_SYNCING, head=-1)
-        new = self.backend.restart(spec.replace(role=ROLE_FOLLOWER))
+        if self._launched_as.get(node_id) == ROLE_FOLLOWER:
+            new = self.backend.restart(spec.replace(role=ROLE_FOLLOWER))
+        else:
+            # A container restart keeps the container's command line, a leader's mining flags
+            # included: a node launched as leader comes back as a new follower process or container.
+            self.backend.stop(spec)
+            new = self.backend.start(node_id, role=ROLE_FOLLOWER, port=spec.port).replace(generation=spec.generation + 1)
+        with self._lock:
+            self._stopped.discard(node_id)
+            self._launched_as[node_id] = ROLE_FOLLOWER
         self._put(new.replace(role=ROLE_FOLLOWER))
+        # Again under the new generation: a round of the old one may have published "up" meanwhile.
+        self._set_status(node_id, STATUS_SYNCING, head=-1, leader_head=-1, counters=(0, 0, 0))
         self._start_sync(node_id)
         if wait:
             self.wait_caught_up(node_id, timeout=timeout)
@@ -365,12 +577,14 @@ class Devnet:
         successor = self._best_follower(exclude=node_id)
         if head >= 0:
             self._wait_for_head(successor, head, timeout=timeout)
-        self.promote(successor)
-        if head >= 0:
-            try:
-                forward_pending(old, self.client(successor))
-            except NodeError as exc:
-                log.warning("could not forward %s's pending transactions: %s", node_id, exc)
+        with self._quiesced():
+            self.promote(successor)
+            if head >= 0:
+                # No sync loop runs now, so none forwards to the old leader after this.
+                try:
+                    forward_pending(old, self.client(successor))
+                except NodeError as exc:
+                    log.warning("could not forward %s's pending transactions: %s", node_id, exc)
         return successor
 
     def promote(self, node_id: str) -> None:
@@ -390,7 +604,7 @@ class Devnet:
         else:
             client.call("evm_setAutomine", [True])
         self._publish_pool()
-        self._set_status(node_id, STATUS_UP, head=to_int(latest["number"]))
+        self._set_status(node_id, STATUS_UP, head=to_int(latest["number"]), leader_head=to_int(latest["number"]))
         log.warning("%s is the devnet leader now (was %s), at block %d", node_id, previous, to_int(latest["number"]))
 
     def check_leader(self, *, now: float | None = None) -> str | None:
@@ -407,8 +621,11 @@ class Devnet:
                 return None
         dead = self._leader_id
         self._set_status(dead, STATUS_DOWN)
-        successor = self._best_follower(exclude=dead)
-        self.promote(successor)
+        # Let every import in flight finish first: a follower still importing a block fetched
+        # before the crash would otherwise end up ahead of the one promoted.
+        with self._quiesced():
+            successor = self._best_follower(exclude=dead)
+            self.promote(successor)
         self._leader_unreachable_since = None
         return successor
 
@@ -425,26 +642,55 @@ class Devnet:
         raise NodeError(f"{node_id} did not catch up within {timeout:.0f} s", node_id=node_id)
 
     def wait_all_synced(self, *, timeout: float = 60.0) -> int:
-        """Block until every node has the leader's head; return that head."""
+        """Block until every running node has the leader's head; return that head.
+
+        A follower counts once its sync status says it imported that head (a block it is still
+        checking may be rolled back). Nodes stopped with stop_node, and not restarted since,
+        are left out.
+        """
         deadline = time.monotonic() + timeout
+        heads: dict[str, int] = {}
         while time.monotonic() < deadline:
             heads = {}
             for spec in self.specs():
+                if spec.id in self._stopped:
+                    continue
                 try:
                     heads[spec.id] = to_int(self.client(spec.id, timeout=2.0).call("eth_blockNumber"))
                 except NodeError:
                     heads[spec.id] = -1
+                if spec.id != self._leader_id:
+                    st = self._status.get(spec.id)
+                    if st is None or st.status != STATUS_UP or st.head != heads[spec.id]:
+                        heads[spec.id] = -1
             if len(set(heads.values())) == 1 and -1 not in heads.values():
                 return next(iter(heads.values()))
             time.sleep(0.05)
-        raise NodeError(f"nodes did not converge within {timeout:.0f} s: heads {heads}")
+        raise NodeError(f"nodes did not converge within {timeout:.0f} s: heads {heads} (-1: down or still importing)")
 
     # -- internals --------------------------------------------------------------------
+
+    @contextmanager
+    def _quiesced(self, timeout: float = QUIESCE_TIMEOUT) -> Iterator[None]:
+        """Pause the sync loops between two rounds (bounded wait for those in a round)."""
+        deadline = time.monotonic() + timeout
+        with self._rounds:
+            self._paused += 1
+            while self._busy and time.monotonic() < deadline:
+                self._rounds.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            if self._busy:
+                log.warning("sync loops still busy after %.0f s: %s", timeout, sorted(self._busy))
+        try:
+            yield
+        finally:
+            with self._rounds:
+                self._paused -= 1
+                self._rounds.notify_all()
 
     def _best_follower(self, *, exclude: str) -> str:
         best, best_head = "", -1
         for spec in self.specs():
-            if spec.id == exclude:
+            if spec.id == exclude or spec.id in self._stopped:
                 continue
             try:
                 head = to_int(self.client(spec.id, timeout=1.0).call("eth_blockNumber"))
@@ -479,9 +725,22 @@ class Devnet:
                 leader=self._leader_id, backend=self.backend.name, chain_id=self.settings.chain_id, devnet=True
             )
 
-    def _set_status(self, node_id: str, status: str, *, head: int | None = None, leader_head: int | None = None, error: str = "") -> None:
+    def _set_status(
+        self,
+        node_id: str,
+        status: str,
+        *,
+        head: int | None = None,
+        leader_head: int | None = None,
+        error: str = "",
+        generation: int | None = None,
+        counters: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Record and publish a node's sync status; with ``generation``, only if the node is still that one."""
         with self._lock:
             spec = self._specs.get(node_id)
+            if generation is not None and (spec is None or spec.generation != generation):
+                return  # a round of a node since restarted: its news is stale
             current = self._status.get(node_id) or SyncStatus(node_id=node_id, role="", status=status)
             current.role = spec.role if spec else current.role
             current.status = status
@@ -490,6 +749,8 @@ class Devnet:
                 current.head = head
             if leader_head is not None:
                 current.leader_head = leader_head
+            if counters is not None:
+                current.imported_blocks, current.imported_txs, current.rollbacks = counters
             current.updated_at = time.time()
             self._status[node_id] = current
             payload = json.dumps(asdict(current))
@@ -502,53 +763,111 @@ class Devnet:
     def _start_sync(self, node_id: str) -> None:
         existing = self._threads.get(node_id)
         if existing is not None and existing.is_alive():
-            return  # the running loop notices the restart (head goes back to 0)
+            return  # the running loop notices the restart (a new generation)
         thread = threading.Thread(target=self._sync_loop, args=(node_id,), name=f"sync-{node_id}", daemon=True)
         self._threads[node_id] = thread
         thread.start()
 
+    def _enter_round(self, node_id: str) -> str | None:
+        """Wait out a pause, then mark ``node_id`` busy; returns the leader to sync from (None when stopping)."""
+        with self._rounds:
+            while self._paused and not self._stopping.is_set():
+                self._rounds.wait(0.1)
+            if self._stopping.is_set():
+                return None
+            self._busy[node_id] = self._leader_id
+            return self._leader_id
+
+    def _leave_round(self, node_id: str) -> None:
+        with self._rounds:
+            self._busy.pop(node_id, None)
+            self._rounds.notify_all()
+
     def _sync_loop(self, node_id: str) -> None:
         """Keep one follower on the leader's chain until it is promoted or the devnet stops."""
-        generation, verified = -1, False
+        generation, diverged_in = -1, -1
+        importer: BlockImporter | None = None
+        forwarded_to = ""
         while not self._stopping.is_set():
             spec = self.spec(node_id)
             if spec.role == ROLE_LEADER:
                 return  # promoted: it mines now
-            follower = self.client(node_id)
-            leader = self.client(self._leader_id)
-            if spec.generation != generation:
-                generation, verified = spec.generation, False
-                importer = BlockImporter(follower, node_id=node_id)
+            if spec.generation == diverged_in:
+                self._stopping.wait(0.2)  # diverged: wait for a restart (a new generation)
+                continue
+            leader_id = self._enter_round(node_id)
+            if leader_id is None:
+                return
             try:
-                head = importer.head()
-                if not verified:
-                    importer.check_common_ancestor(leader, head)
-                    verified = True
-                forward_pending(follower, leader, forwarded=importer.forwarded)
-                leader_head = to_int(leader.call("eth_blockNumber"))
-                if head > leader_head:
-                    importer.check_common_ancestor(leader, leader_head)
-                    raise ChainDiverged(f"{node_id} is at block {head}, ahead of the leader's {leader_head}", node_id=node_id)
-                if head < leader_head:
-                    self._set_status(node_id, STATUS_SYNCING, head=head, leader_head=leader_head)
-                    head = importer.import_range(leader, head + 1, min(leader_head, head + IMPORT_BATCH))
-                    self._set_status(node_id, STATUS_UP if head == leader_head else STATUS_SYNCING, head=head, leader_head=leader_head)
-                    continue
-                st = self._status.get(node_id)
-                if st is None or st.status != STATUS_UP or st.head != head:
-                    self._set_status(node_id, STATUS_UP, head=head, leader_head=leader_head)
+                spec = self.spec(node_id)
+                if spec.role == ROLE_LEADER:
+                    return
+                if spec.generation != generation or importer is None:
+                    generation, forwarded_to = spec.generation, leader_id
+                    importer = BlockImporter(self.client(node_id), node_id=node_id)
+                if forwarded_to != leader_id:
+                    # A new leader has seen none of what we forwarded to the old one (a dead leader's
+                    # pool is gone): the queued transactions here go to the new leader again.
+                    importer.forget_forwarded()
+                    forwarded_to = leader_id
+                self._sync_round(node_id, leader_id, generation, importer)
             except ChainDiverged as exc:
                 log.error("%s", exc)
-                self._set_status(node_id, STATUS_DIVERGED, error=str(exc))
-                # Wait for a restart (new generation) before trying again.
-                while not self._stopping.is_set() and self.spec(node_id).generation == generation:
-                    time.sleep(0.2)
+                self._set_status(node_id, STATUS_DIVERGED, error=str(exc), generation=generation)
+                diverged_in = generation
                 continue
             except (NodeUnreachable, RpcError) as exc:
-                if self.spec(node_id).generation == generation:
-                    current = self._status.get(node_id)
-                    if current is None or current.status != STATUS_SYNCING or current.head >= 0:
-                        self._set_status(node_id, STATUS_DOWN, error=str(exc))
+                self._note_failure(node_id, leader_id, generation, exc)
                 self._stopping.wait(0.2)
                 continue
+            except Exception as exc:  # a sync thread must outlive any surprise; it is logged with its traceback
+                log.exception("%s: sync round failed", node_id)
+                self._set_status(node_id, STATUS_DOWN, error=f"sync failed: {exc!r}", generation=generation)
+                self._stopping.wait(1.0)
+                continue
+            finally:
+                self._leave_round(node_id)
             self._stopping.wait(POLL_INTERVAL)
+
+    def _sync_round(self, node_id: str, leader_id: str, generation: int, importer: BlockImporter) -> None:
+        """One round: forward our pool, then import up to IMPORT_BATCH leader blocks or check we are on its chain."""
+        leader = self.client(leader_id)
+        latest = importer.follower.call("eth_getBlockByNumber", ["latest", False])
+        head = to_int(latest["number"])
+        importer.forward(leader)
+        leader_head = to_int(leader.call("eth_blockNumber"))
+        self._note_leader_head(leader_id, leader_head)
+        if head > leader_head:
+            importer.check_common_ancestor(leader, leader_head)
+            raise ChainDiverged(
+                f"{node_id}: block {head} exists here but not on the leader, whose head is {leader_head}", node_id=node_id
+            )
+        if (head, latest["hash"]) != importer.verified:
+            # A head we did not import ourselves (the first round of this node's life, or a block
+            # mined or replaced behind our back): it must be the leader's block at that height.
+            importer.check_common_ancestor(leader, head)
+        if head < leader_head:
+            self._set_status(node_id, STATUS_SYNCING, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
+            head = importer.import_range(leader, head + 1, min(leader_head, head + IMPORT_BATCH))
+            status = STATUS_UP if head == leader_head else STATUS_SYNCING
+            self._set_status(node_id, status, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
+            return
+        st = self._status.get(node_id)
+        if st is None or st.status != STATUS_UP or st.head != head or st.leader_head != leader_head:
+            self._set_status(node_id, STATUS_UP, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
+
+    def _note_leader_head(self, leader_id: str, head: int) -> None:
+        """Keep the leader's own status current from what its followers see."""
+        st = self._status.get(leader_id)
+        if leader_id == self._leader_id and st is not None and head > st.head:
+            self._set_status(leader_id, STATUS_UP, head=head, leader_head=head)
+
+    def _note_failure(self, node_id: str, leader_id: str, generation: int, exc: NodeError) -> None:
+        """A failed round: this node is down, or the leader is (then this node only waits)."""
+        current = self._status.get(node_id)
+        if exc.node_id == leader_id and leader_id != node_id:
+            if current is not None:
+                self._set_status(node_id, current.status, error=f"leader {leader_id}: {exc}", generation=generation)
+            return
+        if current is None or current.status != STATUS_SYNCING or current.head >= 0:
+            self._set_status(node_id, STATUS_DOWN, error=str(exc), generation=generation)

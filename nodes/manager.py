@@ -130,9 +130,10 @@ class NodeManager:
             if self.devnet is not None and time.monotonic() >= next_check:
                 next_check = time.monotonic() + LEADER_CHECK_INTERVAL
                 try:
+                    previous = self.devnet.leader_id
                     promoted = self.devnet.check_leader()
                     if promoted:
-                        self._event("leader-promoted", promoted, old=self.devnet.leader_id)
+                        self._event("leader-promoted", promoted, old=previous)
                 except EspError as exc:
                     log.error("leader check: %s", exc)
 

@@ -23,6 +23,7 @@ REDIS_PORT = 6379
 
 #: Redis databases by test area (a Redis server has 16).
 DB_FOUNDATION = 9
+DB_DEVNET = 7
 DB_CELERY = 10
 DB_E2E = 8
 DB_BALANCER = 13
