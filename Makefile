@@ -51,7 +51,9 @@ integration: dev-deps node-tools redis
 	$(BIN)/pytest tests/integration
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.devnet
+	$(BIN)/python -m bench.policies
+	$(BIN)/python -m bench.writes
 
 image: install
 	scripts/build-image.sh

@@ -152,6 +152,19 @@ def is_sync_down(record: Mapping[str, Any] | None) -> bool:
 # -- placement ----------------------------------------------------------------------------
 
 
+class DispatchPaused(NoHealthyNode):
+    """Raised while the pool's health index LBH < 0: dispatch waits until it is >= 0 again (thesis §3.2.4).
+
+    A NoHealthyNode (HTTP 503 with Retry-After), so callers that do not wait keep
+    working; those that may wait (ReadClient) retry for a bounded time instead,
+    because the live LBH recovers as soon as work in flight finishes.
+    """
+
+    def __init__(self, message: str, *, lbh: float) -> None:
+        super().__init__(message)
+        self.lbh = lbh
+
+
 @dataclass(frozen=True)
 class PlacementView:
     """What one Placement refresh read from Redis (one round trip, at most once per monitor interval)."""
@@ -166,14 +179,17 @@ class PlacementView:
         """Registered nodes that may take work without a fresh snapshot.
 
         Not overridden by the recycler, not reported down, diverged or far behind by
-        the node manager (for static pools, which have no manager record, every node).
+        the node manager (for static pools, which have no manager record, every node);
+        when the manager reports none usable, every node not overridden.
         """
-        return sorted(
-            node_id for node_id in self.specs
-            if node_id not in self.overrides
-            and not is_sync_down(self.sync.get(node_id))
-            and not is_far_behind(self.sync.get(node_id), lag_scale)
-        )
+        usable = [node_id for node_id in self.specs if node_id not in self.overrides]
+        answering = [
+            node_id for node_id in usable
+            if not is_sync_down(self.sync.get(node_id)) and not is_far_behind(self.sync.get(node_id), lag_scale)
+        ]
+        # The manager reports every follower down while the leader does not answer (until it
+        # promotes one): knowing nothing better then, let every node be tried (readers fail over).
+        return sorted(answering or usable)
 
 
 class Placement:
@@ -242,7 +258,7 @@ class Placement:
                     answering=view.fallback_ids(self.settings.balancer_lag_scale),
                 )
         except PoolUnhealthy as exc:
-            raise NoHealthyNode(f"dispatch paused: the pool's health index LBH is {exc.lbh:.3f} < 0") from None
+            raise DispatchPaused(f"dispatch paused: the pool's health index LBH is {exc.lbh:.3f} < 0", lbh=exc.lbh) from None
         except NoEligibleNode:
             raise NoHealthyNode(f"no node may take {TaskKind.parse(kind).value} work now") from None
 

@@ -60,16 +60,28 @@ class NodeControl:
     Managed nodes are children of the manager process (so Ctrl-C and a crash of
     the manager take them down); other processes such as the recycler send it
     commands through a Redis list instead of touching the processes themselves.
+    ``request``/``restart`` block until the reply; ``send`` and ``poll`` split that
+    in two for callers that must not block (the recycler, one step per beat).
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def request(self, op: str, node_id: str, *, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
-        """Send ``op`` for ``node_id`` and return the manager's reply; raise NodeError on failure."""
+    def send(self, op: str, node_id: str, **args: Any) -> str:
+        """Queue ``op`` for ``node_id`` without waiting; returns the command id to ``poll`` with."""
         command_id = uuid.uuid4().hex
         command = {"id": command_id, "op": op, "node_id": node_id, "args": args, "sent_at": time.time()}
         self.redis.rpush(COMMANDS_KEY, json.dumps(command))
+        return command_id
+
+    def poll(self, command_id: str) -> dict[str, Any] | None:
+        """The manager's reply to a sent command (``ok`` true or false, ``error``), or None while it works on it."""
+        raw = self.redis.lpop(REPLY_KEY.format(command_id))
+        return json.loads(raw) if raw else None  # type: ignore[arg-type]
+
+    def request(self, op: str, node_id: str, *, timeout: float = 60.0, **args: Any) -> dict[str, Any]:
+        """Send ``op`` for ``node_id`` and return the manager's reply; raise NodeError on failure."""
+        command_id = self.send(op, node_id, **args)
         reply = self.redis.blpop([REPLY_KEY.format(command_id)], timeout=timeout)
         if reply is None:
             raise NodeError(f"{node_id}: the node manager did not answer {op!r} within {timeout:.0f} s (is `python -m nodes` running?)", node_id=node_id)
@@ -79,6 +91,7 @@ class NodeControl:
         return result
 
     def restart(self, node_id: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Restart ``node_id`` through the manager and wait until it answers and has caught up."""
         return self.request("restart", node_id, timeout=timeout)
 
 

@@ -1,0 +1,1 @@
+"""ESP's benchmarks: bounded runs on loopback that write their figures to bench/results/."""

@@ -1,0 +1,238 @@
+"""The recycler: drains a node stuck in zone III, restarts it through the node manager, returns it to the pool.
+
+A non-blocking state machine advanced one step per beat (the control worker is a
+solo process that also runs the monitor, so a step never waits on anything):
+
+    pick        a node that has been zone III in ESP_RECYCLE_AFTER consecutive snapshots
+                for a reason a restart can cure (down, not answering, over its memory cap,
+                beyond the recycle distance) -- a follower that is syncing and whose head
+                advanced since the previous snapshot is catching up, not stuck, and is left
+                alone; only when no other node is being recycled, and only when at least
+                ESP_MIN_SERVING_NODES other nodes serve (zone I or II): a pool where too few
+                serve keeps its zone-III node rather than risk the rest (recorded once as
+                "recycle-held"). Static nodes cannot be restarted: skipped, recorded once.
+    draining    the node is marked "draining" (``esp:node-status``): placement gives it no
+                new work at once, the next snapshot puts it in zone III. The step waits
+                until its in-flight count is 0 -- but at least two monitor intervals, so
+                every Placement (which caches for one interval) has seen the override --
+                or until ESP_DRAIN_TIMEOUT has passed.
+    recycling   marked "recycling"; the restart command goes to the node manager
+                (``NodeControl.send``); later steps poll its reply, which comes once the
+                node answers again and has caught up with the chain.
+    done        the override is cleared: the node's samples decide its status again.
+
+Every step is recorded as a node event. The recycle in progress is a Redis key
+with a TTL (``esp:recycler:current``, set only if absent): one node at a time,
+and a recycler that died mid-way frees the pool when it expires (a later step
+clears the override such a recycle left behind).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import shared_task
+
+from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
+from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
+from nodes.devnet import STATUS_SYNCING
+from nodes.events import record_event
+from nodes.placement import clear_status_override, load_snapshot_document, set_status_override, status_overrides
+from nodes.pool import Pool
+from nodes.registry import NodeControl
+from nodes.traffic import Traffic
+
+log = logging.getLogger(__name__)
+
+CURRENT_KEY = "esp:recycler:current"
+STREAKS_KEY = "esp:recycler:streaks"
+NOTED_KEY = "esp:recycler:noted"
+STEP_LOCK_KEY = "esp:recycler:lock"
+
+#: Zone-III reasons a restart can cure (draining and recycling are the recycler's own doing).
+RECYCLABLE_REASONS = frozenset({REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE})
+#: Seconds the node manager may take to restart a node and let it catch up (its own default).
+RESTART_TIMEOUT = 120.0
+#: The recycle-in-progress key outlives the longest recycle by this much.
+CURRENT_TTL_MARGIN = 60.0
+#: A draining node keeps its override at least this many monitor intervals (Placement caches one).
+MIN_DRAIN_INTERVALS = 2.0
+STEP_LOCK_TTL = 30.0
+
+PHASE_DRAINING = "draining"
+PHASE_RECYCLING = "recycling"
+
+
+def recycle_step(pool: Pool, *, control: NodeControl | None = None, now: float | None = None) -> dict[str, Any]:
+    """Advance the recycler by one step; returns what it did (``action``, ``node``) for logs and tests."""
+    now = time.time() if now is None else now
+    control = control or NodeControl(pool.redis)
+    lock = pool.redis.lock(STEP_LOCK_KEY, timeout=STEP_LOCK_TTL, blocking=False)
+    if not lock.acquire():
+        return {"action": "busy"}
+    try:
+        return _step(pool, control, now)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            pass  # expired during a very slow step: nothing to release
+
+
+def current_recycle(client: redis.Redis) -> dict[str, Any] | None:
+    """The recycle in progress (node, phase, times, command id), or None."""
+    raw = client.get(CURRENT_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
+    client = pool.redis
+    current = current_recycle(client)
+    overrides = status_overrides(client)
+    for node_id in overrides:
+        if current is None or node_id != current["node"]:
+            # Left by a recycle whose key expired (the recycler died): give the node back.
+            clear_status_override(client, node_id)
+            record_event(client, "recycle-abandoned", node_id, override=overrides[node_id])
+    if current is not None:
+        return _advance(pool, control, current, now)
+
+    document = load_snapshot_document(client)
+    snapshot = Snapshot.from_dict(document) if document else None
+    if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+        return {"action": "stale"}
+    streaks = _update_streaks(client, document)
+    due = sorted((n for n, s in streaks.items() if s["n"] >= pool.settings.recycle_after),
+                 key=lambda n: (-streaks[n]["n"], n))
+    for node_id in due:
+        spec = pool.registry.get(node_id)
+        if spec is None:
+            continue
+        view = snapshot.node(node_id)
+        reason = view.zone_reason if view else None
+        if spec.backend == "static":
+            _note_once(client, "static", node_id, "recycle-skipped", reason="static nodes cannot be restarted by ESP",
+                       zone_reason=reason)
+            continue
+        serving = [n.id for n in snapshot.serving() if n.id != node_id]
+        if len(serving) < pool.settings.min_serving_nodes:
+            _note_once(client, "held", node_id, "recycle-held", zone_reason=reason, serving=len(serving),
+                       min_serving=pool.settings.min_serving_nodes)
+            return {"action": "held", "node": node_id, "serving": len(serving)}
+        record = {"node": node_id, "phase": PHASE_DRAINING, "reason": reason, "drain_started": now}
+        ttl = pool.settings.drain_timeout + RESTART_TIMEOUT + CURRENT_TTL_MARGIN
+        if not client.set(CURRENT_KEY, json.dumps(record), nx=True, px=int(ttl * 1000)):
+            return {"action": "busy"}
+        set_status_override(client, node_id, STATUS_DRAINING)
+        record_event(client, "recycle-draining", node_id, zone_reason=reason, streak=streaks[node_id]["n"],
+                     distance=round(view.distance, 4) if view else None)
+        log.warning("recycling %s (%s): draining", node_id, reason)
+        return {"action": "draining", "node": node_id, "reason": reason}
+    return {"action": "idle"}
+
+
+def _advance(pool: Pool, control: NodeControl, current: dict[str, Any], now: float) -> dict[str, Any]:
+    client = pool.redis
+    node_id = current["node"]
+    settings = pool.settings
+    if current["phase"] == PHASE_DRAINING:
+        elapsed = now - float(current["drain_started"])
+        inflight = Traffic(client).inflight([node_id])[node_id]
+        settled = elapsed >= MIN_DRAIN_INTERVALS * settings.monitor_interval
+        if not settled or (inflight > 0 and elapsed < settings.drain_timeout):
+            return {"action": "waiting-drain", "node": node_id, "inflight": inflight}
+        if pool.registry.get(node_id) is None:
+            _finish(client, node_id)
+            record_event(client, "recycle-abandoned", node_id, reason="no longer registered")
+            return {"action": "abandoned", "node": node_id}
+        set_status_override(client, node_id, STATUS_RECYCLING)
+        command = control.send("restart", node_id, timeout=RESTART_TIMEOUT)
+        current.update(phase=PHASE_RECYCLING, command=command, restart_sent=now, inflight_left=inflight)
+        client.set(CURRENT_KEY, json.dumps(current), xx=True, keepttl=True)
+        record_event(client, "recycle-restarting", node_id, drained_s=round(elapsed, 3), inflight_left=inflight,
+                     timed_out=inflight > 0)
+        log.warning("recycling %s: restart sent (%d in flight left)", node_id, inflight)
+        return {"action": "restarting", "node": node_id, "inflight_left": inflight}
+
+    reply = control.poll(current["command"])
+    took = round(now - float(current["restart_sent"]), 3)
+    if reply is None:
+        if now - float(current["restart_sent"]) > RESTART_TIMEOUT + CURRENT_TTL_MARGIN / 2:
+            _finish(client, node_id)
+            record_event(client, "recycle-failed", node_id, error="the node manager did not answer the restart", took_s=took)
+            return {"action": "failed", "node": node_id}
+        return {"action": "waiting-restart", "node": node_id}
+    _finish(client, node_id)
+    if not reply.get("ok"):
+        record_event(client, "recycle-failed", node_id, error=reply.get("error"), took_s=took)
+        log.error("recycling %s failed: %s", node_id, reply.get("error"))
+        return {"action": "failed", "node": node_id, "error": reply.get("error")}
+    generation = (reply.get("node") or {}).get("generation")
+    Traffic(client).forget(node_id)  # what failed while it restarted says nothing of the fresh node
+    record_event(client, "recycle-done", node_id, generation=generation, took_s=took,
+                 total_s=round(now - float(current["drain_started"]), 3))
+    log.warning("recycled %s in %.1f s (generation %s)", node_id, took, generation)
+    return {"action": "recycled", "node": node_id, "generation": generation}
+
+
+def _finish(client: redis.Redis, node_id: str) -> None:
+    """End the recycle: the node's samples decide its status again, and its zone-III count starts over."""
+    clear_status_override(client, node_id)
+    client.delete(CURRENT_KEY)
+    raw = client.get(STREAKS_KEY)
+    if raw:
+        state = json.loads(raw)
+        if node_id in state.get("nodes", {}):
+            state["nodes"][node_id]["n"] = 0
+            client.set(STREAKS_KEY, json.dumps(state))
+
+
+def _update_streaks(client: redis.Redis, document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Count, per node, the consecutive snapshots that showed it recyclable (once per new snapshot)."""
+    raw = client.get(STREAKS_KEY)
+    state: dict[str, Any] = json.loads(raw) if raw else {"taken_at": 0.0, "nodes": {}}
+    taken_at = float(document["pool"]["taken_at"])
+    if taken_at <= float(state.get("taken_at", 0.0)):
+        return dict(state.get("nodes", {}))  # no new sample since the last step
+    nodes: dict[str, dict[str, Any]] = {}
+    back: list[str] = []
+    for node in document["nodes"]:
+        before = state.get("nodes", {}).get(node["id"], {"n": 0, "head": None})
+        head = node.get("head")
+        recyclable = node["zone"] == ZONE_III and node.get("zone_reason") in RECYCLABLE_REASONS
+        catching_up = (node.get("sync") == STATUS_SYNCING and head is not None
+                       and before.get("head") is not None and head > before["head"])
+        count = before["n"] + 1 if recyclable and not catching_up else 0
+        if node["zone"] != ZONE_III:
+            back.append(node["id"])
+        nodes[node["id"]] = {"n": count, "head": head}
+    pipe = client.pipeline(transaction=False)
+    pipe.set(STREAKS_KEY, json.dumps({"taken_at": taken_at, "nodes": nodes}))
+    for node_id in back:  # a node serving again may be noted again in a later episode
+        pipe.srem(NOTED_KEY, f"static:{node_id}", f"held:{node_id}")
+    pipe.execute()
+    return nodes
+
+
+def _note_once(client: redis.Redis, what: str, node_id: str, kind: str, **data: Any) -> None:
+    """Record an event the first time ``what`` happens to ``node_id`` in this zone-III episode."""
+    if client.sadd(NOTED_KEY, f"{what}:{node_id}"):
+        record_event(client, kind, node_id, **data)
+
+
+@shared_task(name="tasks.recycler.recycle_step", queue="esp.control", ignore_result=True)
+def recycle_step_task() -> None:
+    """Beat task: advance the recycler by one step."""
+    from tasks.context import services
+
+    try:
+        result = recycle_step(services())
+    except redis.RedisError as exc:
+        log.warning("recycler step failed: Redis: %s", exc)
+        return
+    if result["action"] not in ("idle", "stale", "busy"):
+        log.info("recycler: %s", result)
