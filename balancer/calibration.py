@@ -11,9 +11,13 @@ fallback ("default"). No hand step is needed:
 - an observation is the mean distance over the pool's answering, "up" nodes;
 - it is *idle* when no request is in flight on any of them and the pool does not
   serve poorly: it teaches Dis_ave_min (so the first samples after start measure it);
-- it is *poor* when the pool's mean error rate reaches ``poor_error_rate`` or its
-  mean probe latency exceeds ``poor_latency``. A poor observation teaches Dis_ave_max
-  only when the pool is loaded (work in flight, mean distance at least
+- it is *poor* when the pool's median node has an error rate of ``poor_error_rate``
+  or more, or a probe latency above ``poor_latency``. The median, not the mean: one
+  struggling node is for the policies to route around (it is zone II or III); it
+  says nothing about where load makes the whole pool serve poorly, and with the mean
+  one stalled node's 150 ms probe dragged Dis_ave_max down and paused a healthy pool.
+  Poor observations teach Dis_ave_max only after ``calibration_poor_streak`` of them
+  in a row, and only when the pool is loaded (work in flight, mean distance at least
   ``calibration_min_spread`` beyond Dis_ave_min): poor service near the idle state
   (say, a client flooding reverted calls) is not caused by load, says nothing about
   where load becomes harmful, and would otherwise drag the boundary down to idle;
@@ -32,6 +36,7 @@ let the monitor keep it in Redis between beats.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +71,10 @@ def observe_pool(samples: Sequence[NodeSample], config: BalancerConfig) -> Obser
         return None
     max_head = pool_max_head(samples)
     distances = [distance(normalise(s, config, max_head), config.weights) for s in serving]
-    mean_error = sum(s.error_rate for s in serving) / len(serving)
     # is_answering guarantees a latency for every serving node.
-    mean_latency = sum(s.latency_ms or 0.0 for s in serving) / len(serving)
-    poor = mean_error >= config.poor_error_rate or mean_latency > config.poor_latency
+    typical_error = statistics.median(s.error_rate for s in serving)
+    typical_latency = statistics.median(s.latency_ms or 0.0 for s in serving)
+    poor = typical_error >= config.poor_error_rate or typical_latency > config.poor_latency
     busy = any(s.inflight > 0 for s in serving)
     return Observation(mean_distance=sum(distances) / len(distances), busy=busy, poor=poor)
 
@@ -84,6 +89,7 @@ class Calibrator:
     source_max: str
     idle_seen: int = 0
     poor_seen: int = 0
+    poor_streak: int = 0  # consecutive poor, loaded observations so far
 
     @classmethod
     def start(cls, config: BalancerConfig) -> Calibrator:
@@ -115,7 +121,9 @@ class Calibrator:
             value = _average(self.dis_ave_min, seen.mean_distance, n, config.calibration_window)
             new = dataclasses.replace(new, dis_ave_min=value, source_min=SOURCE_LEARNED, idle_seen=n)
         loaded = seen.busy and seen.mean_distance >= new.dis_ave_min + config.calibration_min_spread
-        if seen.poor and loaded and self.source_max != SOURCE_CONFIGURED:
+        streak = self.poor_streak + 1 if seen.poor and loaded else 0
+        new = dataclasses.replace(new, poor_streak=streak)
+        if streak >= config.calibration_poor_streak and self.source_max != SOURCE_CONFIGURED:
             n = self.poor_seen + 1
             value = _average(self.dis_ave_max, seen.mean_distance, n, config.calibration_window)
             new = dataclasses.replace(new, dis_ave_max=value, source_max=SOURCE_LEARNED, poor_seen=n)

@@ -80,10 +80,13 @@ class BalancerConfig:
     calibration_min_spread: float = 0.1
     #: Observations averaged before a learned bound becomes a moving average of this window.
     calibration_window: int = 10
-    #: The pool serves poorly when its mean error rate reaches this ...
+    #: The pool serves poorly when its median node's error rate reaches this ...
     poor_error_rate: float = 0.05
-    #: ... or its mean probe latency exceeds this (ms); None means latency_target_ms.
+    #: ... or its median node's probe latency exceeds this (ms); None means latency_target_ms.
     poor_latency_ms: float | None = None
+    #: Consecutive poor, loaded observations before they teach Dis_ave_max: one slow beat
+    #: (a GC pause, a burst) must not move the boundary and pause the pool.
+    calibration_poor_streak: int = 3
 
     def __post_init__(self) -> None:
         # Copy mappings so a caller's later mutation cannot change a frozen config.
@@ -124,6 +127,8 @@ class BalancerConfig:
             raise ValueError("default_dis_ave_max must exceed default_dis_ave_min")
         if not 0 <= self.calibration_min_spread < MAX_DISTANCE:
             raise ValueError(f"calibration_min_spread must lie in [0, sqrt(2)), not {self.calibration_min_spread!r}")
+        if self.calibration_poor_streak < 1:
+            raise ValueError(f"calibration_poor_streak must be >= 1, not {self.calibration_poor_streak}")
         if self.calibration_window < 1:
             raise ValueError(f"calibration_window must be >= 1, not {self.calibration_window}")
         if not 0 < self.poor_error_rate <= 1:

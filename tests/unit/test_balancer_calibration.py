@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from balancer import MAX_DISTANCE, BalancerConfig, Calibrator, NodeSample, build_snapshot, observe_pool
 
 # The thesis's plane keeps the arithmetic checkable by hand: d = sqrt(mem² + cpu²).
+# One poor observation teaches here (streak 1), as in the thesis; the default streak is tested below.
 CONFIG = BalancerConfig.thesis(latency_target_ms=50.0, poor_error_rate=0.05, calibration_window=4,
-                               calibration_min_spread=0.1)
+                               calibration_min_spread=0.1, calibration_poor_streak=1)
 
 
 def sample(node_id: str, **fields: Any) -> NodeSample:
@@ -157,3 +158,26 @@ def test_an_idle_pool_is_never_left_paused(history: list[tuple[bool, float, floa
     snapshot = build_snapshot(idle, config, cal, "thesis", 0.0)
     assert snapshot.pool.lbh >= 0 and not snapshot.pool.paused
     assert math.isfinite(cal.dis_ave)
+
+
+def test_a_streak_of_poor_samples_is_needed_by_default() -> None:
+    config = BalancerConfig.thesis(latency_target_ms=50.0, calibration_min_spread=0.1)
+    assert config.calibration_poor_streak == 3
+    cal = Calibrator.start(config).observe(idle_pool(0.1), config)
+    cal = cal.observe(poor_pool(0.9), config).observe(poor_pool(0.9), config)
+    assert cal.dis_ave_max == MAX_DISTANCE and cal.poor_streak == 2  # two slow beats teach nothing
+    broken = cal.observe(poor_pool(0.9, latency_ms=5.0), config)  # a good beat breaks the streak
+    assert broken.poor_streak == 0 and broken.dis_ave_max == MAX_DISTANCE
+    learned = cal.observe(poor_pool(0.9), config)  # the third in a row does
+    assert learned.dis_ave_max == pytest.approx(0.9) and learned.source_max == "learned"
+
+
+def test_one_stalled_node_is_not_a_poorly_serving_pool() -> None:
+    # Two nodes answer in 3 ms, one stalls at 150 ms: the mean (52 ms) is over the 50 ms target,
+    # the median (3 ms) is not. Routing around the stalled node is the policies' job.
+    samples = [sample("a", cpu=0.5, latency_ms=3.0, inflight=2), sample("b", cpu=0.5, latency_ms=3.0, inflight=2),
+               sample("c", cpu=0.5, latency_ms=150.0, inflight=2)]
+    seen = observe_pool(samples, CONFIG)
+    assert seen is not None and not seen.poor
+    cal = Calibrator.start(CONFIG).observe(idle_pool(0.1), CONFIG)
+    assert cal.observe(samples, CONFIG).dis_ave_max == MAX_DISTANCE
