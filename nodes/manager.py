@@ -79,8 +79,8 @@ def reset_chain_state(client: redis.Redis, chain_id: int) -> int:
     for pattern in CHAIN_STATE_PATTERNS:
         batch = list(client.scan_iter(match=pattern.format(chain=chain_id), count=1000))
         for i in range(0, len(batch), 500):
-            deleted += int(client.delete(*batch[i : i + 500]))  # type: ignore[arg-type]
-    deleted += int(client.delete(*CHAIN_STATE_KEYS))  # type: ignore[arg-type]
+            deleted += int(client.delete(*batch[i : i + 500]))
+    deleted += int(client.delete(*CHAIN_STATE_KEYS))
     return deleted
 
 

@@ -52,7 +52,7 @@ def stack(tmp_path):
         ESP_REDIS_URL=redis_url(DB_E2E), ESP_API_PORT=str(api_port), ESP_FLOWER_PORT=str(flower_port),
         ESP_RUN_DIR=run_dir, ESP_ADMIN_KEY="e2e-admin-key", ESP_KEYSTORE_DIR=str(tmp_path / "keystore"),
     )
-    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115 - closed in the finaliser
+    log = open(tmp_path / "stack.log", "wb")
     proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     base = f"http://127.0.0.1:{api_port}"
@@ -75,7 +75,7 @@ def stack(tmp_path):
 
 
 def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
-    proc, base, flower_port, run_dir, log_path = stack
+    proc, base, flower_port, run_dir, _ = stack
     status, ready = _get(base + "/readyz")
     assert status == 200
     assert [n["id"] for n in ready["checks"]["nodes"]] == ["node-0", "node-1", "node-2"]
@@ -86,7 +86,7 @@ def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/", timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/", timeout=2) as r:
                 assert r.status == 200
                 break
         except OSError:

@@ -1,0 +1,107 @@
+"""Run the real stack (scripts/up.sh) for a benchmark, on ports and a Redis database of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from settings import ROOT
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RunningStack:
+    """``scripts/up.sh`` in a process group of its own; ``close()`` sends Ctrl-C and waits."""
+
+    def __init__(self, run_dir: Path, *, redis_db: int = 5, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.admin_key = "bench-admin-key"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        child = {k: v for k, v in os.environ.items() if not k.startswith("ESP_")}
+        child.update({
+            "ESP_API_PORT": str(self.port), "ESP_FLOWER_PORT": str(free_port()), "ESP_RUN_DIR": str(run_dir),
+            "ESP_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "ESP_ADMIN_KEY": self.admin_key,
+            "ESP_KEYSTORE_DIR": str(run_dir / "keystore"), **env,
+        })
+        import redis
+
+        redis.Redis.from_url(child["ESP_REDIS_URL"]).flushdb()
+        self.log = open(run_dir / "stack.log", "wb")
+        self.proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=child, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the stack exited: see {run_dir / 'stack.log'}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.close()
+        raise RuntimeError("the stack did not become ready in 90 s")
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                timeout: float = 30) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
+        return self.request("POST", path, body, **kw)
+
+    def wait(self, task_id: str, timeout: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            _, body = self.get(f"/api/v1/tasks/{task_id}?wait=20", timeout=30)
+            if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
+                return body
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def write_results(name: str, figures: dict[str, Any], table: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    return RESULTS / f"{name}.json"
