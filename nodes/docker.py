@@ -42,7 +42,7 @@ from docker.models.containers import Container
 from errors import ConfigError, NodeStartError, NodeUnreachable
 from nodes.anvil import anvil_args, find_anvil
 from nodes.base import ROLE_FOLLOWER, ROLE_LEADER, NodeSpec, ResourceStats
-from nodes.process import free_port, port_is_free, wait_until_answers
+from nodes.process import claim_port, wait_until_answers
 from nodes.rpc import RpcClient
 from settings import ROOT, Settings
 
@@ -381,13 +381,7 @@ class DockerBackend:
     def start(self, node_id: str, *, role: str, port: int | None = None) -> NodeSpec:
         """Run the node's container and return its record once it answers eth_chainId."""
         host = self.settings.node_host
-        if port is None:
-            port = free_port(host)
-        elif not port_is_free(host, port):
-            raise NodeStartError(
-                f"port {port} on {host} is in use (a stale anvil or container?): stop what listens there or choose other ports with ESP_NODE_PORT_BASE",
-                node_id=node_id,
-            )
+        port = claim_port(host, port, node_id)
         if not self._image_ready:
             ensure_image(self.settings, self.client)
             self._image_ready = True

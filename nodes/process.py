@@ -54,6 +54,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def claim_port(host: str, port: int | None, node_id: str) -> int:
+    """``port`` if nothing listens there (NodeStartError saying so if something does), or a free one."""
+    if port is None:
+        return free_port(host)
+    if not port_is_free(host, port):
+        raise NodeStartError(
+            f"port {port} on {host} is in use (a stale anvil or container?): stop what listens there or choose "
+            "other ports with ESP_NODE_PORT_BASE",
+            node_id=node_id,
+        )
+    return port
+
+
 def wait_until_answers(client: RpcClient, *, timeout: float, is_alive: Callable[[], bool] | None = None) -> int:
     """Poll eth_chainId until the node answers; return the chain id."""
     deadline = time.monotonic() + timeout
@@ -87,13 +100,7 @@ class ProcessBackend:
 
     def start(self, node_id: str, *, role: str, port: int | None = None) -> NodeSpec:
         host = self.settings.node_host
-        if port is None:
-            port = free_port(host)
-        elif not port_is_free(host, port):
-            raise NodeStartError(
-                f"port {port} on {host} is in use (a stale anvil?): stop what listens there or choose other ports with ESP_NODE_PORT_BASE",
-                node_id=node_id,
-            )
+        port = claim_port(host, port, node_id)
         node_dir = self.settings.run_dir / "nodes" / node_id
         cache_dir = node_dir / "cache"
         shutil.rmtree(cache_dir, ignore_errors=True)
