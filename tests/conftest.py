@@ -118,3 +118,52 @@ def process_backend(tmp_path: Path, anvil_binary: Path) -> Iterator:
     backend = ProcessBackend(make_settings(tmp_path, ESP_BLOCK_TIME="0"))
     yield backend
     backend.close()
+
+
+# -- a container engine ---------------------------------------------------------------
+
+
+def _engine_candidates() -> list[str]:
+    found = [os.environ.get("DOCKER_HOST", ""), f"unix://{ROOT / 'run' / 'dockerd' / 'docker.sock'}", "unix:///var/run/docker.sock"]
+    return [url for i, url in enumerate(found) if url and url not in found[:i]]
+
+
+def find_engine() -> tuple[str | None, str]:
+    """The URL of a container engine that answers, or None and what was tried."""
+    import docker
+    import docker.errors
+    import requests.exceptions
+
+    from nodes.docker import unix_socket_problem
+
+    tried = []
+    for url in _engine_candidates():
+        problem = unix_socket_problem(url)
+        if problem:
+            tried.append(f"{url} ({problem})")
+            continue
+        try:
+            client = docker.DockerClient(base_url=url, timeout=5)
+        except docker.errors.DockerException as exc:
+            tried.append(f"{url} ({exc})")
+            continue
+        try:
+            client.ping()
+            return url, ""
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            tried.append(f"{url} ({type(exc).__name__})")
+        finally:
+            client.close()
+    return None, "; ".join(tried)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> str:
+    """A container engine's URL; skip (with the reason) only when none answers, fail under ESP_REQUIRE_DOCKER=1."""
+    url, tried = find_engine()
+    if url is None:
+        reason = f"no container engine answers (run scripts/dockerd.sh start): tried {tried}"
+        if os.environ.get("ESP_REQUIRE_DOCKER") == "1":
+            pytest.fail(reason)  # CI started an engine: its absence is a failure there, not a skip
+        pytest.skip(reason)
+    return url

@@ -38,6 +38,7 @@ from tests.conftest import (
     stop_process,
     wait_for_worker,
 )
+from tests.stack import wait_task
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,14 +121,6 @@ def stack(tmp_path_factory, anvil_binary):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def wait_task(client, task_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/api/v1/tasks/{task_id}?wait=10").get_json()
-        if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
-            return body
 
 
 def done(stack: Stack, client, response) -> dict:

@@ -12,9 +12,6 @@ import hashlib
 import io
 import json
 import re
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,86 +19,31 @@ import pytest
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from app import create_app
 from errors import NodeError
-from nodes.manager import NodeManager
-from nodes.rpc import RpcClient, to_int
-from settings import ROOT
+from nodes.rpc import to_int
 from tasks.business import DEPLOY_LOCK_KEY, PLATFORM_KEY, ensure_platform
 from tasks.status import TaskStore
-from tests.conftest import (
-    DB_BUSINESS,
-    child_env,
-    fresh_redis,
-    make_settings,
-    redis_url,
-    start_worker,
-    stop_process,
-    wait_for_worker,
-)
+from tests.conftest import DB_BUSINESS
+from tests.stack import LocalStack, wait_task
 
 pytestmark = pytest.mark.timeout(600)
 
 PASSWORD = "business test password 1"
 ADMIN_KEY = "business-admin-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-WRITE_QUEUES = ("esp.deploy", "esp.accounts", "esp.calls")
 FEE_BPS = 250
 REWARD = 100
 NOBODY = "0x000000000000000000000000000000000000dEaD"
 
 
-class Stack:
-    """A NodeManager (3 nodes) in a thread, a write worker, a control worker and beat as processes, the API's client."""
+class Stack(LocalStack):
+    """The local stack with the platform's settings, deploying the platform itself on start."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.redis = fresh_redis(DB_BUSINESS)
-        self.env = {
-            "ESP_REDIS_URL": redis_url(DB_BUSINESS), "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
-            "ESP_FILES_DIR": str(tmp / "files"), "ESP_KEYSTORE_SCRYPT_N": "4096", "ESP_BLOCK_TIME": "1",
-            "ESP_ADMIN_KEY": ADMIN_KEY, "ESP_RECEIPT_INTERVAL": "0.25", "ESP_DEPLOY_PLATFORM": "1",
-            "ESP_FEE_BPS": str(FEE_BPS), "ESP_PUBLISH_REWARD": str(REWARD), "ESP_MAX_FILE_MB": "1",
-        }
-        self.settings = make_settings(tmp, **self.env)
-        self.manager = NodeManager(self.settings, self.redis)
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.specs = self.manager.start()
-        self._serve = threading.Thread(target=self.manager.serve, daemon=True)
-        self._serve.start()
-        try:
-            self.app = create_app(self.settings)
-            self.celery = self.app.extensions["esp.celery"]
-            env = child_env(**self.env)
-            self.procs.append(start_worker(env, queues="esp.control", name="bcontrol", log_path=tmp / "control.log"))
-            self.procs.append(start_worker(env, queues=",".join(WRITE_QUEUES), name="bwriter", pool="prefork", concurrency=2,
-                                           log_path=tmp / "writer.log"))
-            with open(tmp / "beat.log", "ab") as log:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"),
-                     "--loglevel=INFO"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-            wait_for_worker(self.celery, "bcontrol")
-            wait_for_worker(self.celery, "bwriter")
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for proc in self.procs:
-            stop_process(proc)
-        self.manager.stop()
-        self._serve.join(10)
-        self.manager.close()
-
-    def client(self):
-        return self.app.test_client()
-
-    def rpc(self, i: int = 0) -> RpcClient:
-        return RpcClient(self.specs[i].url)
-
-    def counts(self) -> tuple[list[int], int]:
-        """Write queue lengths and task records: what 'nothing was enqueued' compares."""
-        return [self.redis.llen(q) for q in WRITE_QUEUES], len(self.redis.keys("esp:task:*"))
+        super().__init__(
+            tmp, DB_BUSINESS, name="business", ESP_ADMIN_KEY=ADMIN_KEY, ESP_DEPLOY_PLATFORM="1",
+            ESP_FEE_BPS=str(FEE_BPS), ESP_PUBLISH_REWARD=str(REWARD), ESP_MAX_FILE_MB="1",
+        )
 
     def platform(self) -> dict:
         raw = self.redis.get(PLATFORM_KEY)
@@ -127,14 +69,6 @@ def stack(tmp_path_factory, anvil_binary):
     yield s
     STACKS.remove(s)
     s.close()
-
-
-def wait_task(client, task_id: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/api/v1/tasks/{task_id}?wait=10").get_json()
-        if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
-            return body
 
 
 def confirmed(client, response, stack: Stack | None = None) -> dict:

@@ -10,7 +10,6 @@ balances. Container variants skip only when no engine answers (fail instead with
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from nodes.devnet import (
 from nodes.process import ProcessBackend
 from nodes.registry import NodeRegistry
 from nodes.rpc import RpcClient, to_int
-from settings import ROOT, Settings
+from settings import Settings
 from tests.conftest import fresh_redis, make_settings
 
 DB_DEVNET = 7
@@ -320,51 +319,6 @@ def assert_one_chain(devnet: Devnet, transfers: Sequence[Transfer], *, stopped: 
 
 
 # -- fixtures -------------------------------------------------------------------------
-
-
-def _engine_candidates() -> list[str]:
-    found = [os.environ.get("DOCKER_HOST", ""), f"unix://{ROOT / 'run' / 'dockerd' / 'docker.sock'}", "unix:///var/run/docker.sock"]
-    return [url for i, url in enumerate(found) if url and url not in found[:i]]
-
-
-def _find_engine() -> tuple[str | None, str]:
-    """The URL of a container engine that answers, or None and what was tried."""
-    import docker
-    import docker.errors
-    import requests.exceptions
-
-    from nodes.docker import unix_socket_problem
-
-    tried = []
-    for url in _engine_candidates():
-        problem = unix_socket_problem(url)
-        if problem:
-            tried.append(f"{url} ({problem})")
-            continue
-        try:
-            client = docker.DockerClient(base_url=url, timeout=5)
-        except docker.errors.DockerException as exc:
-            tried.append(f"{url} ({exc})")
-            continue
-        try:
-            client.ping()
-            return url, ""
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            tried.append(f"{url} ({type(exc).__name__})")
-        finally:
-            client.close()
-    return None, "; ".join(tried)
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> str:
-    url, tried = _find_engine()
-    if url is None:
-        reason = f"no container engine answers (run scripts/dockerd.sh start): tried {tried}"
-        if os.environ.get("ESP_REQUIRE_DOCKER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
 
 
 @pytest.fixture(params=["process", pytest.param("docker", marks=pytest.mark.docker)])

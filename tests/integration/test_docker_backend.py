@@ -7,7 +7,6 @@ These tests skip only when no engine answers at any of them, and fail instead wi
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -19,7 +18,6 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-import requests.exceptions
 
 from errors import ConfigError, NodeStartError
 from nodes.anvil import find_anvil
@@ -34,10 +32,9 @@ from nodes.docker import (
     devnet_compose,
     file_digest,
     shared_libraries,
-    unix_socket_problem,
 )
 from nodes.rpc import RpcClient
-from settings import ROOT, Settings
+from settings import Settings
 
 pytestmark = pytest.mark.docker
 
@@ -48,38 +45,10 @@ LOAD_SECONDS = 2.0
 LOAD_MAX_BATCHES = 20_000  # a bound on the burst whatever the machine's speed
 
 
-def _engine_candidates() -> list[str]:
-    found = [os.environ.get("DOCKER_HOST", ""), f"unix://{ROOT / 'run' / 'dockerd' / 'docker.sock'}", "unix:///var/run/docker.sock"]
-    return [url for i, url in enumerate(found) if url and url not in found[:i]]
-
-
 @pytest.fixture(scope="module")
-def engine() -> Iterator[str]:
-    """The URL of a container engine that answers; skip (with the reason) only when none does."""
-    tried = []
-    for url in _engine_candidates():
-        problem = unix_socket_problem(url)
-        if problem:
-            tried.append(f"{url} ({problem})")
-            continue
-        try:
-            client = docker.DockerClient(base_url=url, timeout=5)
-        except docker.errors.DockerException as exc:
-            tried.append(f"{url} ({exc})")
-            continue
-        try:
-            client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            tried.append(f"{url} ({type(exc).__name__})")
-            continue
-        finally:
-            client.close()
-        yield url
-        return
-    reason = "no container engine answers (run scripts/dockerd.sh start): tried " + "; ".join(tried)
-    if os.environ.get("ESP_REQUIRE_DOCKER") == "1":
-        pytest.fail(reason)  # CI started an engine: its absence is a failure there, not a skip
-    pytest.skip(reason)
+def engine(docker_engine: str) -> str:
+    """The URL of the container engine these tests run against."""
+    return docker_engine
 
 
 @pytest.fixture

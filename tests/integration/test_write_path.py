@@ -9,112 +9,37 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 
-from app import create_app
-from nodes.manager import NodeManager
 from nodes.rpc import RpcClient, to_int
-from tests.conftest import (
-    DB_WRITES,
-    child_env,
-    fresh_redis,
-    make_settings,
-    redis_url,
-    start_worker,
-    stop_process,
-    wait_for_worker,
-)
+from tests.conftest import DB_WRITES
+from tests.stack import LocalStack, wait_task
 
 PASSWORD = "correct horse battery staple 42"
-WRITE_QUEUES = "esp.deploy,esp.accounts,esp.calls"
 
 
-class Stack:
-    """A NodeManager, real worker and beat processes, and the API's test client."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.redis = fresh_redis(DB_WRITES)
-        env = {
-            "ESP_REDIS_URL": redis_url(DB_WRITES), "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
-            "ESP_KEYSTORE_SCRYPT_N": "4096", "ESP_BLOCK_TIME": "1", "ESP_ADMIN_KEY": "test-admin-key",
-            "ESP_RECEIPT_INTERVAL": "0.25", "ESP_DEPLOY_PLATFORM": "0",
-        }
-        self.env = env
-        self.settings = make_settings(tmp, **env)
-        self.manager = NodeManager(self.settings, self.redis)
-        self.specs = self.manager.start()
-        self._serve = threading.Thread(target=self.manager.serve, daemon=True)
-        self._serve.start()
-        self.app = create_app(self.settings)
-        self.celery = self.app.extensions["esp.celery"]
-        self.writers: list = []
-        self.others: list = []
-        self.others.append(start_worker(child_env(**env), queues="esp.control", name="control", log_path=tmp / "control.log"))
-        self.others.append(_start_beat(child_env(**env), tmp))
-        wait_for_worker(self.celery, "control")
-        self.start_writers()
-
-    def start_writers(self, count: int = 2) -> None:
-        for i in range(count):
-            name = f"writer{i}-{time.monotonic_ns()}"
-            self.writers.append(start_worker(child_env(**self.env), queues=WRITE_QUEUES, name=name, pool="prefork",
-                                             concurrency=2, log_path=self.tmp / f"{name}.log"))
-            wait_for_worker(self.celery, name)
-
-    def stop_writers(self) -> None:
-        for proc in self.writers:
-            stop_process(proc)
-        self.writers.clear()
-
-    def close(self) -> None:
-        self.stop_writers()
-        for proc in self.others:
-            stop_process(proc)
-        self.manager.stop()
-        self._serve.join(10)
-        self.manager.close()
-
-    def client(self):
-        return self.app.test_client()
-
-    def rpc(self, i: int = 0) -> RpcClient:
-        return RpcClient(self.specs[i].url)
-
-
-def _start_beat(env: dict[str, str], tmp: Path):
-    import subprocess
-    import sys
-
-    from settings import ROOT
-
-    with open(tmp / "beat.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"), "--loglevel=INFO"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+Stack = LocalStack
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("writes"))
+def stack(tmp_path_factory, anvil_binary):
+    s = LocalStack(tmp_path_factory.mktemp("writes"), DB_WRITES, name="writes", writers=2,
+                   ESP_ADMIN_KEY="test-admin-key", ESP_DEPLOY_PLATFORM="0")
     yield s
     s.close()
 
 
-def wait_task(client, task_id: str, timeout: float = 60) -> dict:
+def wait_head(rpc: RpcClient, block: int, timeout: float = 10) -> None:
+    """Wait until ``rpc``'s node has imported ``block`` (followers trail the leader by milliseconds)."""
     deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"/api/v1/tasks/{task_id}?wait=10").get_json()
-        if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
-            return body
+    while to_int(rpc.call("eth_blockNumber")) < block:
+        assert time.monotonic() < deadline, f"{rpc.url} did not reach block {block}"
+        time.sleep(0.05)
 
 
 def new_account(stack: Stack) -> str:
@@ -156,7 +81,13 @@ def test_account_is_created_funded_and_unlocked(stack):
     result = wait_task(client, sent.get_json()["id"])
     assert result["state"] == "confirmed", result
     assert set(result["result"]) >= {"tx_hash", "nonce", "block_number", "node"}
-    receipt_everywhere = [stack.rpc(i).call("eth_getTransactionReceipt", [result["result"]["tx_hash"]]) for i in range(3)]
+    # Followers import the block a few milliseconds after the node that confirmed it.
+    deadline = time.monotonic() + 10
+    while True:
+        receipt_everywhere = [stack.rpc(i).call("eth_getTransactionReceipt", [result["result"]["tx_hash"]]) for i in range(3)]
+        if all(receipt_everywhere) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert all(r and to_int(r["status"]) == 1 for r in receipt_everywhere)
 
 
@@ -183,6 +114,7 @@ def test_thousand_concurrent_transfers_from_one_account(stack):
     hashes = {r["result"]["tx_hash"] for r in results}
     assert len(hashes) == count
     rpc = stack.rpc(1)
+    wait_head(rpc, max(r["result"]["block_number"] for r in results))
     assert to_int(rpc.call("eth_getTransactionCount", [sender, "latest"])) == count
     assert to_int(rpc.call("eth_getBalance", [recipient, "latest"])) - start_balance == count * value
     gas = sum(r["result"]["gas_used"] * r["result"]["effective_gas_price"] for r in results)
@@ -241,6 +173,7 @@ def test_worker_killed_mid_send_sends_each_transaction_once(stack):
     nonces = sorted(r["result"]["nonce"] for r in results)
     assert nonces == list(range(nonces[0], nonces[0] + count))
     rpc = stack.rpc()
+    wait_head(rpc, max(r["result"]["block_number"] for r in results))
     assert to_int(rpc.call("eth_getTransactionCount", [sender, "latest"])) == nonces[0] + count
     assert killed >= 1
 
@@ -255,7 +188,9 @@ def test_idempotency_key_returns_the_same_task(stack):
     assert first.get_json()["id"] == again.get_json()["id"] and again.headers["Idempotent-Replayed"] == "true"
     other = client.post("/api/v1/transactions", json={**body, "value_wei": 12}, headers={"Idempotency-Key": "order-77"})
     assert other.status_code == 409 and other.get_json()["field"] == "Idempotency-Key"
-    assert wait_task(client, first.get_json()["id"])["state"] == "confirmed"
+    confirmed = wait_task(client, first.get_json()["id"])
+    assert confirmed["state"] == "confirmed"
+    wait_head(stack.rpc(), confirmed["result"]["block_number"])
     assert to_int(stack.rpc().call("eth_getBalance", [body["to"], "latest"])) == 11
 
 

@@ -1,0 +1,98 @@
+"""A local ESP stack for integration tests: real nodes, real Celery processes, the API's test client.
+
+A NodeManager serves 3 anvil nodes from a thread of the test process (as
+``python -m nodes`` does); a control worker, write workers and beat run as
+real subprocesses on the test's own Redis database.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from app import create_app
+from nodes.manager import NodeManager
+from nodes.rpc import RpcClient
+from settings import ROOT
+from tests.conftest import child_env, fresh_redis, make_settings, redis_url, start_worker, stop_process, wait_for_worker
+
+WRITE_QUEUES = ("esp.deploy", "esp.accounts", "esp.calls")
+
+
+class LocalStack:
+    """Everything a write goes through, started for one test module; ``close()`` stops it all."""
+
+    def __init__(self, tmp: Path, db: int, *, name: str, writers: int = 1, **env: str) -> None:
+        self.tmp = tmp
+        self.name = name
+        self.redis = fresh_redis(db)
+        self.env = {
+            "ESP_REDIS_URL": redis_url(db), "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
+            "ESP_FILES_DIR": str(tmp / "files"), "ESP_KEYSTORE_SCRYPT_N": "4096", "ESP_BLOCK_TIME": "1",
+            "ESP_RECEIPT_INTERVAL": "0.25", **env,
+        }
+        self.settings = make_settings(tmp, **self.env)
+        self.manager = NodeManager(self.settings, self.redis)
+        self.specs = self.manager.start()
+        self._serve = threading.Thread(target=self.manager.serve, daemon=True)
+        self._serve.start()
+        self.writers: list[subprocess.Popen[bytes]] = []
+        self.others: list[subprocess.Popen[bytes]] = []
+        try:
+            self.app = create_app(self.settings)
+            self.celery = self.app.extensions["esp.celery"]
+            self.others.append(start_worker(child_env(**self.env), queues="esp.control", name=f"{name}-control",
+                                            log_path=tmp / "control.log"))
+            with open(tmp / "beat.log", "ab") as log:
+                self.others.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"),
+                     "--loglevel=INFO"], cwd=ROOT, env=child_env(**self.env), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+            wait_for_worker(self.celery, f"{name}-control")
+            self.start_writers(writers)
+        except BaseException:
+            self.close()
+            raise
+
+    def start_writers(self, count: int = 1) -> None:
+        """Start ``count`` write workers of two prefork processes each."""
+        for _ in range(count):
+            worker = f"{self.name}-writer-{time.monotonic_ns()}"
+            self.writers.append(start_worker(child_env(**self.env), queues=",".join(WRITE_QUEUES), name=worker,
+                                             pool="prefork", concurrency=2, log_path=self.tmp / f"{worker}.log"))
+            wait_for_worker(self.celery, worker)
+
+    def stop_writers(self) -> None:
+        for proc in self.writers:
+            stop_process(proc)
+        self.writers.clear()
+
+    def close(self) -> None:
+        self.stop_writers()
+        for proc in self.others:
+            stop_process(proc)
+        self.manager.stop()
+        self._serve.join(10)
+        self.manager.close()
+
+    def client(self):  # type: ignore[no-untyped-def]
+        return self.app.test_client()
+
+    def rpc(self, i: int = 0) -> RpcClient:
+        return RpcClient(self.specs[i].url)
+
+    def counts(self) -> tuple[list[int], int]:
+        """Write queue lengths and task records: what 'nothing was enqueued' compares."""
+        return [int(self.redis.llen(q)) for q in WRITE_QUEUES], len(self.redis.keys("esp:task:*"))
+
+
+def wait_task(client, task_id: str, timeout: float = 90) -> dict:  # type: ignore[no-untyped-def]
+    """The task record once final (or as it is after ``timeout``), through the API's ?wait=."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/v1/tasks/{task_id}?wait=10").get_json()
+        if body["state"] in ("confirmed", "failed") or time.monotonic() > deadline:
+            return body  # type: ignore[no-any-return]
