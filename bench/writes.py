@@ -74,7 +74,7 @@ def main() -> None:
             many = run(stack, accounts, args.count)
         finally:
             stack.close()
-    figures = {"setup": "3 anvil nodes (1 s interval blocks), gunicorn 2x4 threads, 2 write workers x2 processes, "
+    figures = {"setup": "3 anvil nodes (1 s interval blocks), gunicorn 2 workers x 4 threads, one write worker of 2 processes, "
                "16 HTTP client threads, loopback, 2-core machine", "one_sender": one, "many_senders": many}
     table = "\n".join([
         "| run | senders | tx | confirmed | submit/s | confirmed/s | p50 s | p99 s |",
