@@ -61,7 +61,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -395,6 +395,42 @@ class BlockImporter:
         )
 
 
+def _settled_head(client: RpcClient, *, settle: float = 0.15, timeout: float = 3.0) -> int:
+    """The node's head once it has not moved for ``settle`` seconds (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    head = to_int(client.call("eth_blockNumber"))
+    while time.monotonic() < deadline:
+        time.sleep(settle)
+        now = to_int(client.call("eth_blockNumber"))
+        if now == head:
+            return head
+        head = now
+    return head
+
+
+def _resend_blocks_above(old: RpcClient, new: RpcClient, height: int) -> int:
+    """Send ``new`` the transactions of every block ``old`` has above ``height``; returns how many.
+
+    A leader handing over may have mined a block its successor never imported;
+    that block is not on the new chain, so its transactions go back to a pool.
+    """
+    old_head = to_int(old.call("eth_blockNumber"))
+    if old_head <= height:
+        return 0
+    blocks = old.batch([("eth_getBlockByNumber", [hex(n), False]) for n in range(height + 1, old_head + 1)])
+    hashes = [h for block in blocks if block for h in block["transactions"]]
+    if not hashes:
+        return 0
+    raws = old.batch([("eth_getRawTransactionByHash", [h]) for h in hashes])
+    for reply in new.batch_raw([("eth_sendRawTransaction", [r]) for r in raws if r]):
+        err = (reply.get("error") or {}).get("message", "")
+        if err and not _is_known(err):
+            log.warning("new leader refused a transaction of an orphaned block: %s", err)
+    log.warning("re-sent %d transaction(s) of %d block(s) the old leader mined after the hand-over point",
+                len(hashes), old_head - height)
+    return len(hashes)
+
+
 def _empty_run(blocks: list[dict[str, Any] | None], i: int) -> list[dict[str, Any]]:
     """The empty blocks from ``i`` on whose timestamps step by the same whole interval."""
     first = blocks[i]
@@ -500,12 +536,29 @@ class Devnet:
             for spec in started:
                 self.backend.stop(spec)
             raise
+        self._begin(started)
+        return started
+
+    def attach(self, specs: Sequence[NodeSpec]) -> list[NodeSpec]:
+        """Keep nodes ESP did not start on one chain: the first leads, the others import its blocks.
+
+        For anvils run by other means (compose/devnet.yml): the followers must run
+        with --no-mining from the same genesis. They cannot be restarted by ESP.
+        """
+        attached = [spec.replace(role=ROLE_LEADER if i == 0 else ROLE_FOLLOWER) for i, spec in enumerate(specs)]
+        for spec in attached:
+            self._launched_as[spec.id] = spec.role
+            self._put(spec)
+        self._leader_id = attached[0].id
+        self._begin(attached)
+        return attached
+
+    def _begin(self, specs: Sequence[NodeSpec]) -> None:
         self._publish_pool()
-        for spec in started:
+        for spec in specs:
             self._set_status(spec.id, STATUS_UP if spec.role == ROLE_LEADER else STATUS_SYNCING, head=0)
             if spec.role == ROLE_FOLLOWER:
                 self._start_sync(spec.id)
-        return started
 
     def close(self) -> None:
         """Stop syncing and stop every node."""
@@ -515,10 +568,11 @@ class Devnet:
         for thread in list(self._threads.values()):
             thread.join(timeout=5)
         for spec in self.specs():
-            try:
-                self.backend.stop(spec)
-            except NodeError as exc:
-                log.warning("stopping %s: %s", spec.id, exc)
+            if self.backend.manages:  # attached nodes are not ours to stop
+                try:
+                    self.backend.stop(spec)
+                except NodeError as exc:
+                    log.warning("stopping %s: %s", spec.id, exc)
             if self.registry is not None:
                 self.registry.remove(spec.id)
         if self.redis is not None:
@@ -571,18 +625,23 @@ class Devnet:
         try:
             old.call("evm_setIntervalMining", [0])
             old.call("evm_setAutomine", [False])
-            head = to_int(old.call("eth_blockNumber"))
+            # A block the interval miner had already started lands after the pause:
+            # hand over at a head that has stopped moving, not at the first one read.
+            head = _settled_head(old)
         except NodeError:
             head = -1  # the leader is gone: promote what we have
         successor = self._best_follower(exclude=node_id)
         if head >= 0:
             self._wait_for_head(successor, head, timeout=timeout)
         with self._quiesced():
+            new = self.client(successor)
+            promoted_at = to_int(new.call("eth_blockNumber"))
             self.promote(successor)
             if head >= 0:
                 # No sync loop runs now, so none forwards to the old leader after this.
                 try:
-                    forward_pending(old, self.client(successor))
+                    _resend_blocks_above(old, new, promoted_at)
+                    forward_pending(old, new)
                 except NodeError as exc:
                     log.warning("could not forward %s's pending transactions: %s", node_id, exc)
         return successor
