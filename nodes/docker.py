@@ -755,9 +755,10 @@ _DEVNET_HEADER = """\
 #
 # These nodes are separate anvil chains until ESP's follower sync runs against them: the followers do
 # not mine, and only ESP replays the leader's blocks into them (anvil has no peer-to-peer sync). Point ESP
-# at them as static nodes, the leader first:
+# at them as static nodes of one devnet, the leader first (ESP cannot restart them; ESP_NODE_BACKEND=docker
+# runs the same containers itself, restarts included):
 #
-#   ESP_NODE_BACKEND=static ESP_NODE_URLS={urls} make up
+#   ESP_NODE_BACKEND=static ESP_DEVNET_SYNC=1 ESP_NODE_URLS={urls} make up
 #
 # Stop with `docker-compose -f compose/devnet.yml down` (anvil keeps its chain in memory: it is gone).
 version: "2.4"

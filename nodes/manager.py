@@ -107,6 +107,10 @@ class NodeManager:
             chain_ids = {check_static_node(spec, timeout=self.settings.probe_timeout * 3) for spec in specs}
             if len(chain_ids) > 1:
                 raise ConfigError(f"ESP_NODE_URLS: the nodes serve different chains (chain ids {sorted(chain_ids)})")
+            if self.settings.devnet_sync:
+                # anvils run by other means (compose/devnet.yml): keep them on the first one's chain.
+                self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
+                return self.devnet.attach(specs)
             for spec in specs:
                 self.registry.register(spec)
             self.registry.set_pool(leader="", backend="static", chain_id=chain_ids.pop(), devnet=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -82,3 +83,38 @@ def test_healthz_needs_nothing(tmp_path):
     assert response.status_code == 200 and response.get_json()["status"] == "ok"
     ready = create_app(settings).test_client().get("/readyz")
     assert ready.status_code == 503 and ready.get_json()["checks"]["redis"]["ok"] is False
+
+
+def test_static_anvils_are_kept_on_one_chain_with_devnet_sync(tmp_path, anvil_binary):
+    """ESP_DEVNET_SYNC: anvils ESP did not start (as compose/devnet.yml runs them) become one chain."""
+    from eth_account import Account
+
+    from nodes.process import ProcessBackend
+    from settings import DEV_TREASURY_KEY
+
+    outside = ProcessBackend(make_settings(tmp_path / "outside", ESP_BLOCK_TIME="1"))  # "someone else's" anvils
+    try:
+        specs = [outside.start("leader", role="leader"), outside.start("f1", role="follower"), outside.start("f2", role="follower")]
+        settings = make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_FOUNDATION), ESP_NODE_BACKEND="static",
+                                 ESP_DEVNET_SYNC="1", ESP_NODE_URLS=",".join(s.url for s in specs))
+        manager = NodeManager(settings, fresh_redis(DB_FOUNDATION))
+        attached = manager.start()
+        try:
+            assert [(s.id, s.role) for s in attached] == [("node-0", "leader"), ("node-1", "follower"), ("node-2", "follower")]
+            account = Account.from_key(DEV_TREASURY_KEY)
+            raw = account.sign_transaction({"chainId": 31337, "nonce": 0, "to": account.address, "value": 1, "gas": 21000,
+                                            "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9}).raw_transaction.to_0x_hex()
+            tx_hash = RpcClient(specs[2].url).call("eth_sendRawTransaction", [raw])  # to a follower
+            assert manager.devnet is not None
+            head = manager.devnet.wait_all_synced(timeout=30)
+            deadline = time.monotonic() + 30
+            while not all(RpcClient(s.url).call("eth_getTransactionReceipt", [tx_hash]) for s in specs):
+                assert time.monotonic() < deadline, "the follower's transaction was not mined on one chain"
+                head = manager.devnet.wait_all_synced(timeout=30)
+            blocks = [RpcClient(s.url).call("eth_getBlockByNumber", [hex(head), False]) for s in specs]
+            assert len({b["hash"] for b in blocks}) == 1 and len({b["stateRoot"] for b in blocks}) == 1
+        finally:
+            manager.close()
+        assert all(outside.stats(s).alive for s in specs), "ESP must not stop nodes it did not start"
+    finally:
+        outside.close()
