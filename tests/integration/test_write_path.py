@@ -122,7 +122,7 @@ def test_thousand_concurrent_transfers_from_one_account(stack):
     assert final == stack.settings.funding_wei - count * value - gas  # exact to the wei
 
 
-def test_a_deploy_class_task_jumps_a_backlog_of_calls(stack):
+def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
     sender = new_account(stack)
     client = stack.client()
     stack.stop_writers()
@@ -131,26 +131,28 @@ def test_a_deploy_class_task_jumps_a_backlog_of_calls(stack):
         response = client.post("/api/v1/transactions", json={"from": sender, "to": sender, "value_wei": 1})
         backlog.append(response.get_json()["id"])
     account_task = client.post("/api/v1/accounts", json={"password": PASSWORD}).get_json()["id"]
+    deploy = client.post("/api/v1/contracts", json={"name": "PlatformToken"}, headers={"Authorization": "Bearer test-admin-key"})
+    assert deploy.status_code == 202, deploy.get_json()
+    deploy_task = deploy.get_json()["id"]
     assert stack.redis.llen("esp.calls") == 500
     stack.start_writers()
-    done = wait_task(client, account_task, timeout=120)
-    assert done["state"] == "confirmed"
-    started_calls = [client.get(f"/api/v1/tasks/{t}").get_json()["started_at"] for t in backlog]
-    before = sum(1 for s in started_calls if s is not None and s < done["started_at"])
+    deployed = wait_task(client, deploy_task, timeout=120)
+    account = wait_task(client, account_task, timeout=120)
+    assert deployed["state"] == "confirmed" and deployed["result"]["contract_address"], deployed
+    assert account["state"] == "confirmed", account
+    records = [client.get(f"/api/v1/tasks/{t}?wait=60").get_json() for t in backlog]
     # With two writers of two processes each and prefetch 1, at most a handful of calls were taken before.
-    assert before <= 8, f"{before} calls started before the account task submitted last"
+    for done in (deployed, account):
+        before = sum(1 for r in records if r["started_at"] is not None and r["started_at"] < done["started_at"])
+        assert before <= 8, f"{before} calls started before a {done['kind']} task submitted after them"
+    assert deployed["started_at"] <= account["started_at"] + 0.5  # deploys are taken first, then accounts
     waits = {
-        "accounts": done["started_at"] - done["created_at"],
-        "calls_median": sorted(
-            client.get(f"/api/v1/tasks/{t}?wait=60").get_json()["started_at"] - stack_created(client, t) for t in backlog
-        )[250],
+        "deploy": deployed["started_at"] - deployed["created_at"],
+        "accounts": account["started_at"] - account["created_at"],
+        "calls_median": sorted(r["started_at"] - r["created_at"] for r in records)[250],
     }
-    print("measured queue wait (s):", waits)
-    assert waits["accounts"] < waits["calls_median"]
-
-
-def stack_created(client, task_id: str) -> float:
-    return client.get(f"/api/v1/tasks/{task_id}").get_json()["created_at"]
+    print("measured queue wait (s):", {k: round(v, 2) for k, v in waits.items()})
+    assert waits["deploy"] < waits["calls_median"] and waits["accounts"] < waits["calls_median"]
 
 
 def test_worker_killed_mid_send_sends_each_transaction_once(stack):
