@@ -17,6 +17,7 @@ from nodes.base import NodeSpec
 from nodes.process import ProcessBackend, free_port
 from nodes.rpc import RpcClient, to_int
 from settings import DEV_TREASURY_KEY, Settings
+from tests.conftest import fresh_redis
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 from wallet.nonces import NonceManager
 from wallet.sender import (
@@ -41,12 +42,7 @@ GWEI = 10**9
 
 @pytest.fixture
 def r() -> Iterator[redis.Redis]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis must run at 127.0.0.1:6379 for the wallet's integration tests: {exc}")
-    client.flushdb()
+    client = fresh_redis(REDIS_DB)
     yield client
     client.flushdb()
     client.close()
