@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.utils.saferepr import saferepr
+
 from balancer import TaskKind
 from errors import NoHealthyNode
 from settings import Settings
@@ -46,4 +48,8 @@ class Router:
             route["headers"] = {"esp_node": choice.node_id, "esp_zone": choice.zone, "esp_fallback": choice.fallback}
         except NoHealthyNode as exc:
             route["headers"] = {"esp_node": None, "esp_wait_reason": str(exc)}
+        # Flower and the worker's log show kwargsrepr as the task's arguments: show the placement
+        # there too (arguments are addresses, amounts and ids, never secrets).
+        shown = {**(kwargs or {}), "routed_to": route["headers"]["esp_node"], "zone": route["headers"].get("esp_zone")}
+        route["kwargsrepr"] = saferepr(shown)
         return route

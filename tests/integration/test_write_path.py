@@ -7,6 +7,7 @@ a backlog, a worker killed mid-send, and no secret left in Redis.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -135,6 +136,11 @@ def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
     assert deploy.status_code == 202, deploy.get_json()
     deploy_task = deploy.get_json()["id"]
     assert stack.redis.llen("esp.calls") == 500
+    # The node the routing hook chose travels with each task, in its headers and in what Flower shows.
+    message = json.loads(stack.redis.lindex("esp.calls", 0))
+    node_ids = {spec.id for spec in stack.specs}
+    assert message["headers"]["esp_node"] in node_ids
+    assert f"'routed_to': '{message['headers']['esp_node']}'" in message["headers"]["kwargsrepr"]
     stack.start_writers()
     deployed = wait_task(client, deploy_task, timeout=120)
     account = wait_task(client, account_task, timeout=120)
