@@ -129,8 +129,12 @@ class Sender:
     def clients(self, kind: TaskKind, first: str | None) -> list[RpcClient]:
         return [self.pool.rpc(spec) for spec in self.placement.ordered(kind, first=first)]
 
-    def send(self, task_id: str, kind: TaskKind, sender: str, steps: Sequence[Step], *, node: str | None) -> dict[str, Any]:
-        """Send every step; return what the task record's result starts with.
+    def send(self, task_id: str, kind: TaskKind, sender: str, steps: Sequence[Step], *, node: str | None,
+             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send every step; return the task record's result (with ``extra``, the operation's own fields).
+
+        The result is written with the broadcast state, before the receipt tracker
+        can see the task, so a confirmation never races a later write of it.
 
         Raises TaskFailed (end the task) or NodeBusy (retry later, same bytes).
         """
@@ -153,6 +157,7 @@ class Sender:
             result["transactions"] = sent
         if first["contract_address"]:
             result["contract_address"] = first["contract_address"]
+        result.update(extra or {})
         self.store.update(task_id, state=BROADCAST, result=result)
         self.watch.add(task_id, [s["tx_hash"] for s in sent], deadline=time.time() + self.settings.tx_deadline)
         return result

@@ -59,16 +59,12 @@ def run_write(task: Task, kind: TaskKind, plan: Plan) -> dict[str, Any]:
             return _wait(task, w, str(exc))
     try:
         with w.placement.traffic.track(node):
-            result = w.sender.send(task_id, kind, plan.sender, plan.steps, node=node)
+            return w.sender.send(task_id, kind, plan.sender, plan.steps, node=node, extra=plan.result)
     except NodeBusy as exc:
         return _wait(task, w, str(exc))
     except TaskFailed as exc:
         w.store.update(task_id, state=FAILED, error=exc.as_error())
         return {"failed": exc.as_error()}
-    if plan.result:
-        record = w.store.get(task_id)
-        w.store.update(task_id, result={**(record.result or {}), **plan.result})
-    return {**result, **plan.result}
 
 
 def _wait(task: Task, w: Any, reason: str) -> dict[str, Any]:
