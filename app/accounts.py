@@ -8,6 +8,7 @@ account sign for a while; ``POST /api/v1/transactions`` sends ETH.
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -76,9 +77,15 @@ def send_transaction() -> tuple[Response, int]:
 
 
 def treasury_address() -> str:
+    """The treasury's address (derived once per key: this runs on every transfer request)."""
+    return _address_of(settings().treasury_key)
+
+
+@cache
+def _address_of(private_key: str) -> str:
     from eth_account import Account
 
-    return str(Account.from_key(settings().treasury_key).address)
+    return str(Account.from_key(private_key).address)
 
 
 def check_can_sign(account: str, field: str) -> None:

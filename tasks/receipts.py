@@ -25,6 +25,7 @@ import redis
 from celery import shared_task
 from eth_account.signers.local import LocalAccount
 
+from balancer import TaskKind
 from errors import EspError, NodeUnreachable, RpcError
 from nodes.rpc import RpcClient, to_int
 from tasks.operations import CONFIRM_HOOKS
@@ -243,7 +244,7 @@ def track_receipts() -> dict[str, int]:
 
     w = writer()
     try:
-        clients = w.sender.clients(_read_kind(), None)
+        clients = w.sender.clients(TaskKind.READ, None)
         return track(
             w.store, w.sender.watch, clients, confirmations=w.settings.confirmations,
             deadline_action=w.settings.tx_deadline_action, tx_deadline=w.settings.tx_deadline,
@@ -253,8 +254,3 @@ def track_receipts() -> dict[str, int]:
         log.warning("receipt check skipped: %s", exc)
         return {}
 
-
-def _read_kind() -> Any:
-    from balancer import TaskKind
-
-    return TaskKind.READ
