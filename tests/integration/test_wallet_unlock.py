@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from errors import ConfigError, ValidationError
+from tests import conftest
 from wallet.errors import AccountLocked, UnknownAccount, WrongPassword
 from wallet.keystore import Keystore
 from wallet.unlock import KEY_PREFIX, UnlockStore
@@ -24,11 +25,11 @@ PASSWORD = "s3cret-unlock-pässword"
 
 
 def _redis(**kwargs: object) -> redis.Redis:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_connect_timeout=2, **kwargs)  # type: ignore[arg-type]
+    client = redis.Redis(host=conftest.REDIS_HOST, port=conftest.REDIS_PORT, db=REDIS_DB, socket_connect_timeout=2, **kwargs)  # type: ignore[arg-type]
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis must run at 127.0.0.1:6379 for the wallet's integration tests: {exc}")
+        pytest.fail(f"the test session's Redis does not answer: {exc}")
     return client
 
 
