@@ -39,9 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         tasks_api,
         thesis,
         token,
+        validation,
     )
 
     errors.register(app)
+    validation.install(app)
     for module in (health, nodes, tasks_api, accounts, metrics):
         app.register_blueprint(module.bp)
     for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):

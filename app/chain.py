@@ -14,15 +14,20 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.context import reader
-from app.validation import tx_hash
-from errors import NotFound, ValidationError
+from app.validation import MAX_BLOCK_NUMBER, tx_hash
+from errors import NotFound, RpcError, ValidationError
 
 bp = Blueprint("chain", __name__, url_prefix="/api/v1/chain")
 
+#: JSON-RPC's "invalid params" error code.
+INVALID_PARAMS = -32602
 BLOCK_TAGS = ("latest", "earliest", "pending", "safe", "finalized")
-_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_NUMBER = re.compile(r"^\d{1,20}$")
-_HEX_NUMBER = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
+_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
+# ASCII digits only: \d also matches '٣' and '²'. Whole-string matches: "$" would let a trailing newline through.
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_HEX_NUMBER = re.compile(r"0x[0-9a-fA-F]{1,16}")
+#: The block path parameter as the OpenAPI document states it (block_id accepts exactly these).
+BLOCK_PATTERN = rf"^([0-9]{{1,19}}|0x[0-9a-fA-F]{{1,16}}|0x[0-9a-fA-F]{{64}}|{'|'.join(BLOCK_TAGS)})$"
 
 #: Quantities kept as JSON integers; every other hex quantity of these names becomes a decimal string.
 SMALL = {"number", "timestamp", "gasUsed", "gasLimit", "size", "nonce", "blockNumber", "transactionIndex", "logIndex",
@@ -51,16 +56,17 @@ def decode_quantities(obj: Any) -> Any:
 
 
 def block_id(raw: str, field: str = "block") -> tuple[str, str]:
-    """(``byHash`` or ``byNumber``, the JSON-RPC parameter) for a block number, tag or hash."""
-    if _HASH.match(raw):
+    """(``byHash`` or ``byNumber``, the JSON-RPC parameter) for a block number (0..2**63-1), tag or hash."""
+    if _HASH.fullmatch(raw):
         return "byHash", raw.lower()
-    if _NUMBER.match(raw):
-        return "byNumber", hex(int(raw))
-    if _HEX_NUMBER.match(raw):
-        return "byNumber", hex(int(raw, 16))
+    number = int(raw) if _NUMBER.fullmatch(raw) else int(raw, 16) if _HEX_NUMBER.fullmatch(raw) else None
+    if number is not None:
+        if number > MAX_BLOCK_NUMBER:
+            raise ValidationError(field, f"must be a block number from 0 to {MAX_BLOCK_NUMBER}")
+        return "byNumber", hex(number)
     if raw in BLOCK_TAGS:
         return "byNumber", raw
-    raise ValidationError(field, f"must be a block number (decimal or 0x hex), a 0x 32-byte block hash or one of {', '.join(BLOCK_TAGS)}")
+    raise ValidationError(field, f"must be a block number (ASCII decimal or 0x hex), a 0x 32-byte block hash or one of {', '.join(BLOCK_TAGS)}")
 
 
 def flag(name: str) -> bool:
@@ -85,7 +91,13 @@ def transaction_count(raw: str, field: str = "block") -> tuple[int, str]:
     """How many transactions the block holds (404 when there is no such block)."""
     how, param = block_id(raw, field)
     method = "eth_getBlockTransactionCountByHash" if how == "byHash" else "eth_getBlockTransactionCountByNumber"
-    count, node = reader().call_with_node(method, [param])
+    try:
+        count, node = reader().call_with_node(method, [param])
+    except RpcError as exc:
+        # anvil answers a number past its head with "invalid params" where geth answers null: the same 404.
+        if exc.code != INVALID_PARAMS:
+            raise
+        count = None
     if count is None:
         raise NotFound(f"no block {raw} on the chain (yet)", field=field)
     return int(count, 16), node

@@ -27,7 +27,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.context import pool, reader
 from app.platform import require_platform
-from app.validation import address, integer
+from app.validation import MAX_BLOCK_NUMBER, address, integer
 from contracts.abi import DecodedLog, platform_decoder
 from errors import NodeUnreachable, NoHealthyNode, ValidationError
 
@@ -48,6 +48,9 @@ WINDOW = 5000
 MAX_SCAN_BLOCKS = 100_000
 MAX_LIMIT = 200
 END_OF_BLOCK = 2**31  # a log index past every log of a block
+#: encode_cursor writes ~60 characters; anything much longer is not one of ours.
+MAX_CURSOR_CHARS = 200
+MAX_PROJECT_ID = 2**63
 
 
 def parse_types(raw: str | None) -> list[str]:
@@ -72,16 +75,29 @@ def encode_cursor(block: int, index: int, deployment: str) -> str:
 
 
 def decode_cursor(raw: str, deployment: str) -> tuple[int, int]:
-    """The (block, log index) position of a cursor; 400/409 naming ``cursor`` when it is not one of ours."""
+    """The (block, log index) position of a cursor; 400/409 naming ``cursor`` when it is not one of ours.
+
+    Everything in it is checked for what encode_cursor writes: a JSON object of two
+    integers in range and a string. A client can send anything base64 carries (a float
+    of 1e400, digits of another script, nesting thousands deep), and none of it may
+    reach int() or a node unchecked.
+    """
+    invalid = ValidationError("cursor", "is not a cursor this API returned", status=400)
+    if len(raw) > MAX_CURSOR_CHARS or not raw.isascii():
+        raise invalid
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        block, index, owner = int(data["b"]), int(data["i"]), str(data["d"])
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError):
-        raise ValidationError("cursor", "is not a cursor this API returned", status=400) from None
-    if owner != deployment[:18]:
+    except (ValueError, RecursionError, binascii.Error):
+        raise invalid from None
+    if not isinstance(data, dict) or set(data) != {"b", "i", "d"} or not isinstance(data["d"], str):
+        raise invalid
+    block, index = data["b"], data["i"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block, index)):
+        raise invalid
+    if not (0 <= block <= MAX_BLOCK_NUMBER and -1 <= index <= END_OF_BLOCK):
+        raise invalid
+    if data["d"] != deployment[:18]:
         raise ValidationError("cursor", "belongs to an earlier platform deployment: start again without a cursor", status=409)
-    if block < 0 or index < -1:
-        raise ValidationError("cursor", "is not a cursor this API returned", status=400)
     return block, index
 
 
@@ -125,7 +141,7 @@ def list_events() -> Response:
     """The platform's events, oldest first, filtered by account, project and type; paged by cursor."""
     types = parse_types(request.args.get("type"))
     account = address(request.args["account"], "account") if request.args.get("account") else None
-    project = integer(request.args["project"], "project", low=1, high=2**63) if request.args.get("project") else None
+    project = integer(request.args["project"], "project", low=1, high=MAX_PROJECT_ID) if request.args.get("project") else None
     limit = integer(request.args.get("limit", "50"), "limit", low=1, high=MAX_LIMIT)
     if project is not None:
         types = [t for t in types if TYPES[t][1] == "ProjectMarket"]

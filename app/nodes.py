@@ -23,7 +23,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.context import pool, settings
-from errors import ValidationError
+from app.validation import integer
 from nodes.base import NodeSpec
 from nodes.events import recent_events
 from nodes.placement import SNAPSHOT_HISTORY_KEY, load_snapshot_document
@@ -33,15 +33,13 @@ bp = Blueprint("nodes", __name__, url_prefix="/api/v1/nodes")
 
 STATUS_UNKNOWN = "unknown"
 MAX_HISTORY = 600
+MAX_EVENTS = 1000
 ZONE_COLOURS = {"I": "#2e7d32", "II": "#ef8f00", "III": "#c62828"}
 UNKNOWN_COLOUR = "#9e9e9e"
 
 
 def _limit(default: int, maximum: int) -> int:
-    raw = request.args.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise ValidationError("limit", f"must be a whole number from 1 to {maximum}", status=400)
-    return int(raw)
+    return integer(request.args.get("limit", str(default)), "limit", low=1, high=maximum, status=400)
 
 
 @bp.get("")
@@ -60,7 +58,7 @@ def list_nodes() -> Response:
 @bp.get("/events")
 def node_events() -> Response:
     """Recent recycle and state-change events, newest first (``?limit=``, default 100)."""
-    return jsonify({"events": recent_events(pool().redis, _limit(100, 1000))})
+    return jsonify({"events": recent_events(pool().redis, _limit(100, MAX_EVENTS))})
 
 
 @bp.get("/history")

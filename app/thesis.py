@@ -71,7 +71,7 @@ from app.context import keystore, pool, reader, settings, task_store, unlock_sto
 from app.platform import find_project, require_platform, token_balance, token_summary
 from app.projects import upload_form
 from app.submit import submit
-from app.validation import address, amount, integer, json_body, required
+from app.validation import address, amount, integer, json_body, json_text, required
 from errors import NodeError, ValidationError
 from wallet.keystore import check_password
 
@@ -146,10 +146,7 @@ def contract_deploy() -> tuple[Response, int]:
             "abi": p.get("abi"), "bytecode": p.get("bytecode"), "args": p.get("args")}
     for key in ("abi", "args"):
         if isinstance(body[key], str):  # a form field carrying JSON
-            try:
-                body[key] = json.loads(body[key])
-            except ValueError:
-                raise ValidationError(key, "must be JSON") from None
+            body[key] = json_text(body[key], key)
     return task_result(submit_deploy({k: v for k, v in body.items() if v is not None and v != ""}, name_field="contract"), p)
 
 
