@@ -35,6 +35,7 @@ DB_E2E = 8
 DB_BALANCER = 13
 DB_WRITES = 14
 DB_BUSINESS = 15
+DB_FUZZ = 6
 
 
 def _redis_server_binary() -> str:
