@@ -7,6 +7,7 @@
           ├── WrongPassword       the password does not open the keystore (403)
           ├── KeystoreCorrupt     a keystore file is unreadable or unsafe (500)
           ├── AccountLocked       the account is not (or no longer) unlocked (423)
+          ├── KdfBusy             too many password checks in flight in this process (503)
           └── SendError
                ├── NonceTooLow     the nonce is used on chain by another transaction: resync, re-sign
                ├── TxRejected      every node refused the signed bytes for a definite reason
@@ -81,6 +82,20 @@ class AccountLocked(WalletError):
     def __init__(self, address: str, reason: str = "is locked: unlock it first") -> None:
         super().__init__(f"account {address} {reason}")
         self.address = address
+
+
+class KdfBusy(WalletError):
+    """Raised when a process's ``KdfGate`` already runs and queues all the password KDFs it allows.
+
+    Nothing was attempted: the password was not checked and no key was created;
+    retry after ``retry_after`` seconds.
+    """
+
+    status = 503
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__(f"too many password checks in progress: retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class SendError(WalletError):

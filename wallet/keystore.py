@@ -22,6 +22,8 @@ an offline attacker who steals the folder at ~4 guesses/s per core, while an
 unlock stays under a quarter second; it also means each concurrent unlock
 holds 128 MiB, so unlock requests must be rate-limited (they are a CPU and
 memory DoS lever as much as a password oracle). Tests pass a smaller N.
+In the API the KDF runs on a ``wallet.kdf.KdfGate``'s bounded pool (passed in), so
+a burst of creations or unlocks can hold a few request threads, never all of them.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from eth_account import Account
 from eth_keyfile.keyfile import EthKeyfileValueError
@@ -45,8 +47,11 @@ from eth_keyfile.keyfile import EthKeyfileValueError
 from errors import ValidationError
 from wallet.address import checksum
 from wallet.errors import AccountExists, KeystoreCorrupt, UnknownAccount, WrongPassword
+from wallet.kdf import KdfGate
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 DEFAULT_KDF: Literal["scrypt", "pbkdf2"] = "scrypt"
 DEFAULT_SCRYPT_N = 2**17
@@ -84,7 +89,8 @@ def keyfile_name(address: str, when: dt.datetime) -> str:
 class Keystore:
     """A folder of encrypted keys, one Web3 Secret Storage v3 JSON file per account."""
 
-    def __init__(self, directory: Path, *, kdf: Literal["scrypt", "pbkdf2"] = DEFAULT_KDF, work_factor: int | None = None) -> None:
+    def __init__(self, directory: Path, *, kdf: Literal["scrypt", "pbkdf2"] = DEFAULT_KDF, work_factor: int | None = None,
+                 gate: KdfGate | None = None) -> None:
         if kdf not in ("scrypt", "pbkdf2"):
             raise ValidationError("kdf", "must be 'scrypt' or 'pbkdf2'")
         if work_factor is None:
@@ -96,6 +102,8 @@ class Keystore:
         self.directory = Path(directory)
         self.kdf: Literal["scrypt", "pbkdf2"] = kdf
         self.work_factor = work_factor
+        #: Bounds the KDF runs of this process (the API's); None runs them unbounded (workers, scripts).
+        self.gate = gate
 
     def __repr__(self) -> str:
         return f"Keystore({str(self.directory)!r}, kdf={self.kdf!r}, work_factor={self.work_factor})"
@@ -131,7 +139,7 @@ class Keystore:
         return address
 
     def _write(self, key: bytes, password: str, address: str) -> Path:
-        document = Account.encrypt(key, password, kdf=self.kdf, iterations=self.work_factor)
+        document = self._kdf(Account.encrypt, key, password, kdf=self.kdf, iterations=self.work_factor)
         # geth writes the address lower-case; eth-keyfile writes it checksummed.
         document["address"] = address[2:].lower()
         data = json.dumps(document, separators=(",", ":")).encode()
@@ -193,7 +201,7 @@ class Keystore:
             raise KeystoreCorrupt(address, "not readable JSON") from None
         _check_document(address, document)
         try:
-            key = bytes(Account.decrypt(document, password))
+            key = bytes(self._kdf(Account.decrypt, document, password))
         except EthKeyfileValueError as exc:
             if str(exc) == "MAC mismatch":
                 raise WrongPassword(address) from None
@@ -204,6 +212,10 @@ class Keystore:
         if Account.from_key(key).address != address:
             raise KeystoreCorrupt(address, "the key inside belongs to another address")
         return key
+
+    def _kdf(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """One KDF run: through the gate (KdfBusy when the process has no room), or right here without one."""
+        return self.gate.run(work, *args, **kwargs) if self.gate is not None else work(*args, **kwargs)
 
     def _entries(self) -> builtins.list[tuple[str, str]]:
         try:
