@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
 from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -61,7 +63,12 @@ class Settings:
     admin_key: str = _setting("ESP_ADMIN_KEY", "", "bearer token for admin operations; `make up` generates one when unset")
     api_host: str = _setting("ESP_API_HOST", "127.0.0.1", "address the API listens on")
     api_port: int = _setting("ESP_API_PORT", 8000, "port the API listens on")
-    api_workers: int = _setting("ESP_API_WORKERS", 4, "gunicorn worker threads for the API")
+    api_workers: int = _setting("ESP_API_WORKERS", 8, "gunicorn threads per API process (2 processes); password KDFs may hold ESP_KDF_CONCURRENCY + ESP_KDF_QUEUE of them")
+    max_body_kb: int = _setting("ESP_MAX_BODY_KB", 1024, "largest request body accepted, in KiB (project uploads have ESP_MAX_FILE_MB); larger is a 413")
+    rate_limit: str = _setting("ESP_RATE_LIMIT", "6000 per minute", "requests per API key on every route but health and metrics (limits notation, e.g. 100/second;5000/hour); 429 beyond")
+    rate_limit_anonymous: str = _setting("ESP_RATE_LIMIT_ANONYMOUS", "1200 per minute", "requests per client address without an API key, on every route but health and metrics")
+    unlock_rate_limit: str = _setting("ESP_UNLOCK_RATE_LIMIT", "10 per minute", "password checks per account by unlock (REST and thesis routes together, whoever asks); 429 beyond")
+    unlock_failure_limit: str = _setting("ESP_UNLOCK_FAILURE_LIMIT", "5 per 15 minutes; 20 per day", "wrong passwords per account; past them the account cannot be unlocked (429) until the window slides on")
     flower_port: int = _setting("ESP_FLOWER_PORT", 5555, "port Flower listens on")
     worker_concurrency: int = _setting("ESP_WORKER_CONCURRENCY", 2, "processes of the write worker")
     rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
@@ -81,6 +88,8 @@ class Settings:
     recycle_after: int = _setting("ESP_RECYCLE_AFTER", 3, "consecutive zone-III samples before a node is recycled")
     drain_timeout: float = _setting("ESP_DRAIN_TIMEOUT", 30.0, "seconds a draining node may finish its in-flight work")
     keystore_scrypt_n: int = _setting("ESP_KEYSTORE_SCRYPT_N", 131072, "scrypt cost of new keystores (2^17: 128 MiB, ~0.23 s here)")
+    kdf_concurrency: int = _setting("ESP_KDF_CONCURRENCY", 1, "password KDFs (account creation, unlock) one API process runs at once")
+    kdf_queue: int = _setting("ESP_KDF_QUEUE", 2, "password KDFs one API process lets wait for a slot; one more is refused at once (503, Retry-After)")
     nonce_lease_seconds: int = _setting("ESP_NONCE_LEASE_SECONDS", 120, "seconds a task holds a nonce it has not broadcast yet")
     confirmations: int = _setting("ESP_CONFIRMATIONS", 1, "blocks (including its own) before a transaction counts as confirmed")
     tx_deadline: float = _setting("ESP_TX_DEADLINE", 60.0, "seconds a broadcast transaction may wait to be mined")
@@ -162,6 +171,22 @@ class Settings:
             raise ConfigError("ESP_CONFIRMATIONS must be at least 1")
         if self.keystore_scrypt_n < 2 or self.keystore_scrypt_n & (self.keystore_scrypt_n - 1):
             raise ConfigError(f"ESP_KEYSTORE_SCRYPT_N must be a power of two, not {self.keystore_scrypt_n}")
+        for name, limit in (("ESP_RATE_LIMIT", self.rate_limit), ("ESP_RATE_LIMIT_ANONYMOUS", self.rate_limit_anonymous),
+                            ("ESP_UNLOCK_RATE_LIMIT", self.unlock_rate_limit), ("ESP_UNLOCK_FAILURE_LIMIT", self.unlock_failure_limit)):
+            try:
+                parse_many(limit)
+            except ValueError:
+                raise ConfigError(f"{name}={limit!r} is not a rate limit: write e.g. '10 per minute' or '100/second; 5000/hour'") from None
+        if self.max_body_kb < 1:
+            raise ConfigError(f"ESP_MAX_BODY_KB must be at least 1, not {self.max_body_kb}")
+        if self.api_workers < 1:
+            raise ConfigError(f"ESP_API_WORKERS must be at least 1, not {self.api_workers}")
+        if self.kdf_concurrency < 1 or self.kdf_queue < 0:
+            raise ConfigError("ESP_KDF_CONCURRENCY must be at least 1 and ESP_KDF_QUEUE at least 0")
+        if self.kdf_concurrency + self.kdf_queue >= self.api_workers:
+            raise ConfigError(
+                f"ESP_KDF_CONCURRENCY + ESP_KDF_QUEUE ({self.kdf_concurrency + self.kdf_queue}) must stay below ESP_API_WORKERS"
+                f" ({self.api_workers}): password checks would hold every API thread")
         for name, port in (("ESP_API_PORT", self.api_port), ("ESP_FLOWER_PORT", self.flower_port)):
             if not 1 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port (1..65535), not {port}")

@@ -9,6 +9,7 @@ from nodes.placement import Placement
 from nodes.pool import Pool
 from nodes.reads import ReadClient
 from settings import Settings
+from wallet.kdf import KdfGate
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -23,6 +24,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["esp.placement"] = placement = Placement(pool)
     app.extensions["esp.reader"] = ReadClient(pool, placement)
     app.extensions["esp.celery"] = make_celery(settings)
+    # One per process: every keystore this app builds shares the bound on password KDFs.
+    app.extensions["esp.kdf_gate"] = KdfGate(settings.kdf_concurrency, settings.kdf_queue)
 
     from app import (
         accounts,
@@ -30,6 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         contracts_api,
         errors,
         events,
+        guards,
         health,
         metrics,
         mining,
@@ -43,11 +47,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     errors.register(app)
+    guards.install_guards(app, settings)  # first: a password in a URL is refused before anything reads it
     validation.install(app)
     for module in (health, nodes, tasks_api, accounts, metrics):
         app.register_blueprint(module.bp)
     for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)
+    guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app
 
 

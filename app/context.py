@@ -10,6 +10,7 @@ from nodes.pool import Pool
 from nodes.reads import ReadClient
 from settings import Settings
 from tasks.status import TaskStore
+from wallet.kdf import KdfGate
 from wallet.keystore import Keystore
 from wallet.unlock import UnlockStore
 
@@ -37,7 +38,12 @@ def task_store() -> TaskStore:
 def keystore() -> Keystore:
     """ESP's keystore folder."""
     s = settings()
-    return Keystore(s.keystore_dir, work_factor=s.keystore_scrypt_n)
+    return Keystore(s.keystore_dir, work_factor=s.keystore_scrypt_n, gate=kdf_gate())
+
+
+def kdf_gate() -> KdfGate:
+    """This process's bound on password KDFs (creation, unlock)."""
+    return current_app.extensions["esp.kdf_gate"]
 
 
 def unlock_store() -> UnlockStore:

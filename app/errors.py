@@ -7,10 +7,13 @@ import re
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask_limiter import RateLimitExceeded
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
+from app import guards
 from errors import Conflict, EspError, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
+from wallet.errors import KdfBusy
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,24 @@ def register(app: Flask) -> None:
         response = problem(503, "No healthy node", str(exc), kind="no-healthy-node")
         response.headers["Retry-After"] = "1"
         return response
+
+    @app.errorhandler(KdfBusy)
+    def kdf_busy(exc: KdfBusy) -> Response:
+        response = problem(503, "Service Unavailable", str(exc), kind="kdf-busy")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.errorhandler(RateLimitExceeded)
+    def rate_limited(exc: RateLimitExceeded) -> Response:
+        response = problem(429, "Too Many Requests", f"rate limit exceeded: {exc.description}", kind="rate-limited",
+                           field=guards.breach_field(exc), limit=str(exc.limit.limit))
+        response.headers["Retry-After"] = str(guards.retry_after(exc))
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        # A multipart body found too large while parsed on a route without an upload allowance.
+        return validation(guards.too_large_body(request.max_content_length or 0))
 
     @app.errorhandler(NodeError)
     def node_error(exc: NodeError) -> Response:
