@@ -11,7 +11,8 @@
      ├── ValidationError      a request's field is malformed or impossible (HTTP 4xx)
      ├── NotFound             a named resource does not exist (HTTP 404)
      ├── Conflict             the request conflicts with the current state (HTTP 409)
-     └── Unauthorized         an admin operation without a valid admin key (HTTP 401)
+     ├── Unauthorized         a request that needs an API key came without a valid one (HTTP 401)
+     └── Forbidden            the caller's key may not do this (HTTP 403)
 
 ``app/errors.py`` alone maps these to RFC 9457 problem responses.
 """
@@ -90,4 +91,12 @@ class Conflict(EspError):
 
 
 class Unauthorized(EspError):
-    """Raised when an admin operation comes without a valid ``Authorization: Bearer`` key."""
+    """Raised when a request that needs an API key comes without a valid ``Authorization: Bearer`` key."""
+
+
+class Forbidden(EspError):
+    """Raised when the caller's key may not do what it asks (another key's account, an admin operation)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -29,12 +29,14 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from app import (
         accounts,
+        auth,
         chain,
         contracts_api,
         errors,
         events,
         guards,
         health,
+        keys_api,
         metrics,
         mining,
         nodes,
@@ -49,7 +51,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     guards.install_guards(app, settings)  # first: a password in a URL is refused before anything reads it
     validation.install(app)
-    for module in (health, nodes, tasks_api, accounts, metrics):
+    auth.install(app)
+    keys_api.register_cli(app)
+    for module in (health, nodes, tasks_api, accounts, keys_api, metrics):
         app.register_blueprint(module.bp)
     for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)

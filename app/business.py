@@ -17,15 +17,16 @@ from typing import IO, Any
 
 from flask import Response
 
-from app.accounts import check_can_sign, treasury_address
-from app.auth import check_admin
-from app.context import pool, settings
+from access.owners import Owners
+from app.accounts import check_signer
+from app.auth import check_acts_as, check_admin, require_caller
+from app.context import owners, pool, settings, treasury_address
 from app.platform import get_project, has_bought, require_platform, token_balance
 from app.submit import submit
 from app.validation import address, amount, integer, required, text, tx_hash
 from contracts import artifact_names, load_artifact
 from contracts.abi import AbiError, encode_deploy
-from errors import EspError, NotFound, ValidationError
+from errors import Forbidden, NotFound, ValidationError
 from tasks.business import hold_deploy_lock, platform_params, store_payload
 
 #: The longest project name the market accepts, in UTF-8 bytes (ProjectMarket.MAX_NAME_BYTES).
@@ -39,27 +40,9 @@ FILE_CHUNK = 1 << 20
 TOKEN_CHANGES = {"add": "token_add", "delete": "token_remove", "set": "token_set"}
 
 
-class Forbidden(EspError):
-    """Raised when an account may not do what it asks (e.g. download a file it did not buy); HTTP 403."""
-
-    status = 403
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def task_id_of(response: tuple[Response, int]) -> str:
     """The task id in a submit() response."""
     return str(response[0].get_json()["id"])
-
-
-def check_signer(account: str, field: str) -> None:
-    """Refuse a sender that cannot sign now; the treasury signs only for an admin."""
-    if account == treasury_address():
-        check_admin()
-        return
-    check_can_sign(account, field)
 
 
 # -- the token -------------------------------------------------------------------------------
@@ -223,6 +206,18 @@ def store_file(stream: IO[bytes], *, field: str = "file") -> tuple[str, int]:
     return "0x" + digest.hexdigest(), size
 
 
+def bind_upload(digest: str, publisher: str) -> None:
+    """Record that ``publisher`` uploaded the bytes of ``digest``: only such a publisher's projects serve them."""
+    owners().bind_file(digest, publisher)
+
+
+def check_hash_only_publish(digest: str, publisher: str, field: str) -> None:
+    """Refuse to publish, without its bytes, a file another publisher uploaded (its file would be served to our buyers)."""
+    store: Owners = owners()
+    if store.file_has_uploader(digest) and not store.file_uploaded_by(digest, publisher):
+        raise Forbidden(f"the file {digest} was uploaded by another publisher: upload its bytes to publish it", field=field)
+
+
 def submit_publish(publisher: str, name: str, price: int, digest: str, *, extra: dict[str, Any] | None = None) -> tuple[Response, int]:
     """Publish a project whose file (or hash) is ``digest``; ``publisher`` signs and is rewarded."""
     market = require_platform()["ProjectMarket"]
@@ -258,19 +253,27 @@ def submit_buy(buyer: str, project_id: int, *, buyer_field: str = "buyer", id_fi
 
 
 def submit_record_view(project_id: int, account: str) -> str:
-    """Record on chain that ``account`` viewed project ``project_id``; return the task id."""
+    """Record on chain that ``account`` (one of the caller's) viewed project ``project_id``; return the task id."""
     market = require_platform()["ProjectMarket"]
+    check_acts_as(account, "account")
     return task_id_of(submit("record_view", {"market": market, "project_id": project_id, "account": account}))
 
 
 def check_download(project_id: int, account: str) -> Path:
-    """The stored file of project ``project_id`` if ``account`` is its publisher or a buyer."""
+    """The stored file of project ``project_id`` for one of the caller's accounts that is its publisher or a buyer.
+
+    A file is served for a project only when the project's publisher uploaded its
+    bytes: a hash published without them never serves somebody else's file.
+    """
+    require_caller()
+    check_acts_as(account, "account")
     project = get_project(project_id)
     if account != project.publisher and not has_bought(project_id, account):
         raise Forbidden(f"{account} is neither the publisher nor a buyer of project {project_id}", field="account")
     path = file_path(project.file_hash)
-    if not path.is_file():
-        raise NotFound(f"project {project_id}'s file ({project.file_hash}) is not stored on this platform", field="file")
+    if not path.is_file() or not owners().file_uploaded_by(project.file_hash, project.publisher):
+        raise NotFound(f"project {project_id}'s file ({project.file_hash}) was not uploaded to this platform by its publisher",
+                       field="file")
     return path
 
 

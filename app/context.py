@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from celery import Celery
+from eth_account import Account
 from flask import current_app
 
+from access.keys import ApiKeyStore
+from access.owners import Owners
 from nodes.placement import Placement
 from nodes.pool import Pool
 from nodes.reads import ReadClient
@@ -59,3 +64,23 @@ def placement() -> Placement:
 def reader() -> ReadClient:
     """Reads through the balancer, failing over to another node when one does not answer."""
     return current_app.extensions["esp.reader"]
+
+
+def key_store() -> ApiKeyStore:
+    """API keys (and ESP_ADMIN_KEY as the bootstrap admin key)."""
+    return ApiKeyStore(pool().redis, settings_admin_key=settings().admin_key)
+
+
+def owners() -> Owners:
+    """Which key owns each account; which publishers uploaded each file."""
+    return Owners(pool().redis)
+
+
+def treasury_address() -> str:
+    """The treasury's address (derived once per key: this runs on every transfer request)."""
+    return _address_of(settings().treasury_key)
+
+
+@cache
+def _address_of(private_key: str) -> str:
+    return str(Account.from_key(private_key).address)

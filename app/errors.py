@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app import guards
-from errors import Conflict, EspError, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
+from errors import Conflict, EspError, Forbidden, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
 from wallet.errors import KdfBusy
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(Unauthorized)
     def unauthorized(exc: Unauthorized) -> Response:
         response = problem(401, "Unauthorized", str(exc), kind="unauthorized", field="Authorization")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="esp-admin"'
+        response.headers["WWW-Authenticate"] = 'Bearer realm="esp"'
         return response
+
+    @app.errorhandler(Forbidden)
+    def forbidden(exc: Forbidden) -> Response:
+        return problem(403, "Forbidden", str(exc), kind="forbidden", field=exc.field)
 
     @app.errorhandler(NoHealthyNode)
     def no_node(exc: NoHealthyNode) -> Response:

@@ -5,14 +5,15 @@
   its SHA-256) before the publish task is enqueued, and that hash goes on chain.
   Over ESP_MAX_FILE_MB: 413 naming ``file``. Once confirmed, the task's result
   holds ``project_id`` (decoded from the ProjectPublished log).
-- ``GET /api/v1/projects/<id>?account=<address>``: the summary. ESP has no user
-  sessions, so a view is recorded on chain (``record_view``, signed by the
-  treasury) only when the viewer names itself with ``?account=``; the response
-  then carries ``view_task``. Listing projects records nothing.
-- ``GET /api/v1/projects/<id>/file?account=<address>``: the file, only for the
-  publisher or a buyer (403 otherwise), and only once its download record is
-  enqueued (``record_download``; task id in the ``ESP-Record-Task`` header): a
-  download that cannot be recorded is not served.
+- ``GET /api/v1/projects/<id>?account=<address>``: the summary. A view is
+  recorded on chain (``record_view``, signed by the treasury) only when the
+  viewer names one of its key's accounts with ``?account=`` (an API key is then
+  required); the response then carries ``view_task``. Listing projects records nothing.
+- ``GET /api/v1/projects/<id>/file?account=<address>``: the file, only to a key
+  owning ``account``, only when that account is the publisher or a buyer (403
+  otherwise), only when the publisher uploaded the bytes here, and only once its
+  download record is enqueued (``record_download``; task id in the
+  ``ESP-Record-Task`` header): a download that cannot be recorded is not served.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from app.auth import key_required
 from app.business import (
+    bind_upload,
     check_download,
     check_publish_fields,
     max_file_bytes,
@@ -63,6 +66,7 @@ def upload_form() -> tuple[Any, Any]:
 
 
 @bp.post("")
+@key_required
 def publish() -> tuple[Response, int]:
     """Publish a project (multipart: publisher, name, price, file); 202 with the task (result: project_id)."""
     if not request.mimetype.startswith("multipart/form-data"):
@@ -73,6 +77,7 @@ def publish() -> tuple[Response, int]:
     if upload is None:
         raise ValidationError("file", "is required (a multipart file part named 'file')")
     digest, size = store_file(upload.stream)
+    bind_upload(digest, publisher)
     return submit_publish(publisher, name, price, digest, extra={"file_size": size})
 
 
@@ -105,6 +110,7 @@ def summary(pid: str) -> Response:
 
 
 @bp.post("/<pid>/buy")
+@key_required
 def buy(pid: str) -> tuple[Response, int]:
     """Buy a project as ``buyer`` (an unlocked account); 202 with the task (result: price, fee)."""
     ident = project_id(pid)
@@ -114,6 +120,7 @@ def buy(pid: str) -> tuple[Response, int]:
 
 
 @bp.get("/<pid>/file")
+@key_required
 def download(pid: str) -> Response:
     """The project's file for its publisher or a buyer (``?account=``); the download is recorded on chain."""
     ident = project_id(pid)

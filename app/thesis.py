@@ -40,10 +40,14 @@ returns it with its result. HTTP status: 202 while a task is in flight, 200 when
 it is confirmed or a read succeeded; a task that failed answers 200 with
 ``status: 500`` and the error. A bad request keeps its 4xx HTTP status (and nothing
 is enqueued); its body is a BaseResult with ``status: 500`` and the RFC 9457
-problem (``field`` included) in ``data``. The owner's token operations and
-deploys need the admin key (``Authorization: Bearer``), as on /api/v1: the thesis
-left them open, which would let anyone mint tokens. ``time`` is accepted and
-echoed back but not stored: the chain stamps every record with its block's time.
+problem (``field`` included) in ``data``. ``time`` is accepted and echoed back but
+not stored: the chain stamps every record with its block's time.
+
+The same rules as /api/v1 hold here (the thesis left them open): every write and
+``/admin/list`` need an API key (``Authorization: Bearer``), a user's key acts only
+as the accounts it created, the owner's token operations and deploys need an
+admin's. Writes take POST only (a GET must not change anything); reads take GET
+and POST. A password is never accepted in the query string.
 """
 
 from __future__ import annotations
@@ -54,8 +58,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.accounts import treasury_address
+from app.accounts import submit_create_account, unlock, visible_accounts
+from app.auth import check_admin, key_required, require_caller
 from app.business import (
+    bind_upload,
+    check_hash_only_publish,
     check_publish_fields,
     file_hash,
     project_name,
@@ -67,10 +74,9 @@ from app.business import (
     submit_token_transfer,
 )
 from app.chain import read_block, read_receipt, read_transaction, transaction_count
-from app.context import keystore, pool, reader, settings, task_store, unlock_store
+from app.context import pool, reader, settings, task_store, treasury_address
 from app.platform import find_project, require_platform, token_balance, token_summary
 from app.projects import upload_form
-from app.submit import submit
 from app.validation import address, amount, integer, json_body, json_text, required
 from errors import NodeError, ValidationError
 from wallet.keystore import check_password
@@ -81,7 +87,8 @@ STATUS_SUCCESS = 200
 STATUS_FAIL = 500
 MAX_WAIT = 60
 DEFAULT_UNLOCK_SECONDS = 300
-METHODS = ["GET", "POST"]
+READ_METHODS = ["GET", "POST"]
+WRITE_METHODS = ["POST"]
 
 
 # -- the BaseResult shape ------------------------------------------------------------------------
@@ -115,10 +122,14 @@ def params() -> dict[str, Any]:
     return merged
 
 
-def task_result(submitted: tuple[Response, int], p: dict[str, Any], **extra: Any) -> tuple[Response, int]:
+def wait_param(p: dict[str, Any]) -> int:
+    """A write's ``wait`` (0..60 seconds), checked before anything is enqueued."""
+    return integer(p.get("wait", 0), "wait", low=0, high=MAX_WAIT)
+
+
+def task_result(submitted: tuple[Response, int], wait: int, **extra: Any) -> tuple[Response, int]:
     """A write's BaseResult: the task record, after waiting up to ``wait`` seconds when asked."""
     record = submitted[0].get_json()
-    wait = integer(p.get("wait", 0), "wait", low=0, high=MAX_WAIT)
     if wait:
         record = task_store().wait(record["id"], wait).public()
     data = {**record, **extra}
@@ -131,106 +142,125 @@ def task_result(submitted: tuple[Response, int], p: dict[str, Any], **extra: Any
 
 
 def route(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a thesis route for GET and POST."""
-    return bp.route(path, methods=METHODS)
+    """Register a thesis read for GET and POST."""
+    return bp.route(path, methods=READ_METHODS)
+
+
+def write(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a thesis write: POST only, and an API key required."""
+    def register(view: Callable[..., Any]) -> Callable[..., Any]:
+        guarded = view if getattr(view, "key_required", False) else key_required(view)  # one view under two paths
+        return bp.route(path, methods=WRITE_METHODS)(guarded)
+    return register
 
 
 # -- writes --------------------------------------------------------------------------------------------
 
 
-@route("/contract/deploy")
+@write("/contract/deploy")
 def contract_deploy() -> tuple[Response, int]:
     """Deploy the platform or a contract (thesis: Contract.class, gasPrice, gasLimit) - admin."""
+    check_admin()
     p = params()
+    wait = wait_param(p)
     body: dict[str, Any] = {"contract": p.get("contract"), "gas_price": p.get("gasPrice"), "gas_limit": p.get("gasLimit"),
             "abi": p.get("abi"), "bytecode": p.get("bytecode"), "args": p.get("args")}
     for key in ("abi", "args"):
         if isinstance(body[key], str):  # a form field carrying JSON
             body[key] = json_text(body[key], key)
-    return task_result(submit_deploy({k: v for k, v in body.items() if v is not None and v != ""}, name_field="contract"), p)
+    return task_result(submit_deploy({k: v for k, v in body.items() if v is not None and v != ""}, name_field="contract"), wait)
 
 
-@route("/admin/new")
+@write("/admin/new")
 def admin_new() -> tuple[Response, int]:
-    """Create an account (thesis: password) and fund it with gas money; the result holds its address."""
+    """Create an account owned by the caller's key (thesis: password) and fund it; the result holds its address."""
     p = params()
     password = check_password(required(p, "password"))
-    submitted = submit("fund_account", {"value_wei": settings().funding_wei},
-                       prepare=lambda: {"address": keystore().create(password)})
-    return task_result(submitted, p, address=submitted[0].get_json()["params"]["address"])
+    wait = wait_param(p)
+    submitted = submit_create_account(password)
+    return task_result(submitted, wait, address=submitted[0].get_json()["params"]["address"])
 
 
-@route("/admin/unlock")
+@write("/admin/unlock")
 def admin_unlock() -> tuple[Response, int]:
-    """Let an account sign for a while (thesis: address, password)."""
+    """Let one of the caller's accounts sign for a while (thesis: address, password)."""
     p = params()
     account = address(required(p, "address"), "address")
     password = check_password(required(p, "password"))
     seconds = integer(p.get("seconds", DEFAULT_UNLOCK_SECONDS), "seconds", low=1, high=86400)
-    unlock_store().unlock(account, password, seconds, keystore())
+    unlock(account, password, seconds)
     return result({"address": account, "unlocked": True, "seconds": seconds})
 
 
 def _token_change(change: str) -> tuple[Response, int]:
-    from app.auth import check_admin
-
     check_admin()
     p = params()
     account = address(required(p, "address"), "address")
     value = amount(required(p, "value"), "value")
-    return task_result(submit_token_change(change, account, value), p, address=account)
+    wait = wait_param(p)
+    return task_result(submit_token_change(change, account, value), wait, address=account)
 
 
-@route("/token/add")
+@write("/token/add")
 def token_add() -> tuple[Response, int]:
     """Mint tokens to an account (thesis: address, value) - admin."""
     return _token_change("add")
 
 
-@route("/token/delete")
+@write("/token/delete")
 def token_delete() -> tuple[Response, int]:
     """Burn tokens from an account (thesis: address, value) - admin."""
     return _token_change("delete")
 
 
-@route("/token/set")
+@write("/token/set")
 def token_set() -> tuple[Response, int]:
     """Set an account's token balance (thesis: address, value) - admin."""
     return _token_change("set")
 
 
-@route("/token/transfer")
+@write("/token/transfer")
 def token_transfer() -> tuple[Response, int]:
-    """Move tokens between accounts (thesis: from, to, value); ``from`` must be unlocked."""
+    """Move tokens between accounts (thesis: from, to, value); ``from`` must be the caller's and unlocked."""
     p = params()
     sender = address(required(p, "from"), "from")
     to = address(required(p, "to"), "to")
     value = amount(required(p, "value"), "value")
-    return task_result(submit_token_transfer(sender, to, value), p)
+    wait = wait_param(p)
+    return task_result(submit_token_transfer(sender, to, value), wait)
 
 
-@route("/token/publish")
+@write("/token/publish")
 def token_publish() -> tuple[Response, int]:
-    """Publish a project (thesis: address, time, projectName, projectHash; ``value`` is its price)."""
+    """Publish a project (thesis: address, time, projectName, projectHash; ``value`` is its price).
+
+    With a file, its bytes are stored and bound to the publisher; with a hash alone,
+    a file another publisher uploaded is refused (no one's file is published without its bytes).
+    """
     p = params()
     p.setdefault("value", "0")
+    wait = wait_param(p)
     publisher, name, price = check_publish_fields(p, names=("address", "projectName", "value"))
     upload = request.files.get("file")
     if upload is not None:
+        claimed = file_hash(p["projectHash"], "projectHash") if p.get("projectHash") else None
         digest, _ = store_file(upload.stream)
-        if p.get("projectHash") and file_hash(p["projectHash"], "projectHash") != digest:
+        if claimed is not None and claimed != digest:
             raise ValidationError("projectHash", f"does not match the uploaded file's SHA-256 ({digest})")
+        bind_upload(digest, publisher)
     else:
         digest = file_hash(required(p, "projectHash"), "projectHash")
+        check_hash_only_publish(digest, publisher, "projectHash")
     submitted = submit_publish(publisher, name, price, digest, extra={"time": p["time"]} if p.get("time") else None)
-    return task_result(submitted, p, projectHash=digest, time=p.get("time"))
+    return task_result(submitted, wait, projectHash=digest, time=p.get("time"))
 
 
-@route("/token/buy")
-@route("/token")
+@write("/token/buy")
+@write("/token")
 def token_buy() -> tuple[Response, int]:
     """Buy a project (thesis: address, time, projectName, projectHash; or ``project`` = its id)."""
     p = params()
+    wait = wait_param(p)
     buyer = address(required(p, "address"), "address")
     if p.get("project") not in (None, ""):
         project_id = integer(p["project"], "project", low=1, high=2**63)
@@ -242,7 +272,7 @@ def token_buy() -> tuple[Response, int]:
             raise ValidationError("projectHash", "is required (or projectName, or project)")
         project_id = find_project(name, digest, field="projectHash" if digest else "projectName").id
         field = "projectHash" if digest else "projectName"
-    return task_result(submit_buy(buyer, project_id, buyer_field="address", id_field=field), p, project_id=project_id,
+    return task_result(submit_buy(buyer, project_id, buyer_field="address", id_field=field), wait, project_id=project_id,
                        time=p.get("time"))
 
 
@@ -281,9 +311,13 @@ def conn_gas_price() -> tuple[Response, int]:
 
 
 @route("/admin/list")
+@key_required
 def admin_list() -> tuple[Response, int]:
-    """Every account of ESP's keystore (and the treasury)."""
-    return result({"accounts": keystore().list(), "treasury": treasury_address()})
+    """The caller's accounts (an admin's: every account of ESP's keystore, and the treasury)."""
+    data: dict[str, Any] = {"accounts": visible_accounts()}
+    if require_caller().is_admin:
+        data["treasury"] = treasury_address()
+    return result(data)
 
 
 @route("/token/balance")

@@ -52,6 +52,8 @@ class TaskRecord:
     params: dict[str, Any] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    owner: str | None = None  # id of the API key that submitted it (None: ESP's own task); never shown
+
 
     @property
     def is_final(self) -> bool:
@@ -60,6 +62,7 @@ class TaskRecord:
     def public(self) -> dict[str, Any]:
         """The JSON the API returns."""
         body = asdict(self)
+        del body["owner"]
         body["status_url"] = f"/api/v1/tasks/{self.id}"
         return body
 
@@ -71,9 +74,10 @@ class TaskStore:
         self.redis = client
         self.ttl = ttl
 
-    def create(self, task_id: str, operation: str, kind: str, params: dict[str, Any]) -> TaskRecord:
+    def create(self, task_id: str, operation: str, kind: str, params: dict[str, Any], *, owner: str | None = None) -> TaskRecord:
         now = time.time()
-        record = TaskRecord(id=task_id, operation=operation, kind=kind, params=params, created_at=now, updated_at=now)
+        record = TaskRecord(id=task_id, operation=operation, kind=kind, params=params, created_at=now, updated_at=now,
+                            owner=owner)
         self._write(record)
         return record
 
