@@ -37,6 +37,7 @@ DB_WRITES = 14
 DB_BUSINESS = 15
 DB_LIMITS = 5
 DB_FUZZ = 6
+DB_ACCESS = 11
 
 
 def _redis_server_binary() -> str:

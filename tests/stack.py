@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from access.keys import ApiKeyStore
 from app import create_app
 from nodes.manager import NodeManager
 from nodes.rpc import RpcClient
@@ -35,6 +36,8 @@ class LocalStack:
             "ESP_RECEIPT_INTERVAL": "0.25", **env,
         }
         self.settings = make_settings(tmp, **self.env)
+        #: A user's API key: ``client()`` sends it, so tests act as an ordinary caller unless they say otherwise.
+        self.user_key = self.new_key("tests", "user")
         self.manager = NodeManager(self.settings, self.redis)
         self.specs = self.manager.start()
         self._serve = threading.Thread(target=self.manager.serve, daemon=True)
@@ -78,8 +81,24 @@ class LocalStack:
         self._serve.join(10)
         self.manager.close()
 
-    def client(self):  # type: ignore[no-untyped-def]
-        return self.app.test_client()
+    def new_key(self, name: str, role: str) -> str:
+        """A new API key of ``role`` (the whole key, as a client sends it)."""
+        return ApiKeyStore(self.redis).create(name, role)[1]
+
+    def client(self, key: str | None = "", *, admin: bool = False):  # type: ignore[no-untyped-def]
+        """The API's test client sending ``key`` (default: the stack's user key; admin: ESP_ADMIN_KEY; None: no key)."""
+        client = self.app.test_client()
+        if admin:
+            key = self.settings.admin_key
+        elif key == "":
+            key = self.user_key
+        if key is not None:
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+        return client
+
+    def anonymous(self):  # type: ignore[no-untyped-def]
+        """The API's test client with no key."""
+        return self.client(None)
 
     def rpc(self, i: int = 0) -> RpcClient:
         return RpcClient(self.specs[i].url)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -177,41 +178,56 @@ def chain_state(client, a: str, b: str, treasury: str, pid: int) -> dict:
 # -- the flows ----------------------------------------------------------------------------------------
 
 
+def clients(stack: Stack) -> tuple[Any, Any, Any]:
+    """Test clients of the admin and of two users, A (the publisher) and B (the buyer), each with an API key of its own."""
+    admin = stack.app.test_client()
+    admin.environ_base["HTTP_AUTHORIZATION"] = ADMIN["Authorization"]
+    users = []
+    for name in ("publisher-a", "buyer-b"):
+        created = admin.post("/api/v1/keys", json={"name": name, "role": "user"})
+        assert created.status_code == 201, created.get_json()
+        user = stack.app.test_client()
+        user.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {created.get_json()['key']}"
+        users.append(user)
+    return admin, users[0], users[1]
+
+
 def rest_flow(stack: Stack, content: bytes) -> dict:
     """The whole story through /api/v1."""
-    client = stack.app.test_client()
+    admin, client_a, client_b = clients(stack)
+    client = client_a
     # The admin deploys the platform.
-    deployed = done(stack, client, client.post("/api/v1/contracts", json={"name": "platform"}, headers=ADMIN))
+    deployed = done(stack, admin, admin.post("/api/v1/contracts", json={"name": "platform"}))
     platform = deployed["result"]["platform"]
     assert client.get("/api/v1/contracts").get_json()["platform"]["PlatformToken"] == platform["PlatformToken"]
-    # Two accounts, created and funded with gas money (in parallel), then unlocked.
-    created = [client.post("/api/v1/accounts", json={"password": PASSWORD}) for _ in range(2)]
-    a, b = (done(stack, client, r)["result"]["address"] for r in created)
-    for who in (a, b):
+    # Two accounts, one per user, created and funded with gas money (in parallel), then unlocked by their owners.
+    created = [(user, user.post("/api/v1/accounts", json={"password": PASSWORD})) for user in (client_a, client_b)]
+    a, b = (done(stack, user, r)["result"]["address"] for user, r in created)
+    for user, who in ((client_a, a), (client_b, b)):
         assert int(client.get(f"/api/v1/accounts/{who}/balance").get_json()["wei"]) == stack.settings.funding_wei
-        assert client.post(f"/api/v1/accounts/{who}/unlock", json={"password": PASSWORD, "seconds": 600}).status_code == 200
-    treasury = client.get("/api/v1/accounts").get_json()["treasury"]
-    done(stack, client, client.post("/api/v1/token/add", json={"address": b, "value": GRANT}, headers=ADMIN))
+        assert user.post(f"/api/v1/accounts/{who}/unlock", json={"password": PASSWORD, "seconds": 600}).status_code == 200
+    treasury = admin.get("/api/v1/accounts").get_json()["treasury"]
+    done(stack, admin, admin.post("/api/v1/token/add", json={"address": b, "value": GRANT}))
     # A publishes a project with its file and is rewarded.
-    published = done(stack, client, client.post("/api/v1/projects", **multipart({
+    published = done(stack, client_a, client_a.post("/api/v1/projects", **multipart({
         "publisher": a, "name": "Series A: Example Robotics", "price": str(PRICE), "file": FileStorage(io.BytesIO(content), "memo.pdf")})))
     pid = published["result"]["project_id"]
     assert published["result"]["file_hash"] == "0x" + hashlib.sha256(content).hexdigest()
     assert client.get(f"/api/v1/token/balance/{a}").get_json()["balance"] == str(REWARD)
     # B looks at its summary (the view is recorded on chain), then buys it: A receives the price less the fee.
-    viewed = view(stack, client, pid, b)
+    viewed = view(stack, client_b, pid, b)
     assert viewed["name"] == "Series A: Example Robotics" and viewed["price"] == str(PRICE) and viewed["bought"] is False
-    bought = done(stack, client, client.post(f"/api/v1/projects/{pid}/buy", json={"buyer": b}))
+    bought = done(stack, client_b, client_b.post(f"/api/v1/projects/{pid}/buy", json={"buyer": b}))
     assert bought["result"]["price"] == str(PRICE) and bought["result"]["fee"] == str(FEE)
     # B downloads the file: its bytes match, and the download is recorded on chain.
-    with client.get(f"/api/v1/projects/{pid}/file?account={b}") as response:
+    with client_b.get(f"/api/v1/projects/{pid}/file?account={b}") as response:
         assert response.status_code == 200 and response.data == content
         record_task = response.headers["ESP-Record-Task"]
-    recorded = wait_task(client, record_task)
+    recorded = wait_task(client_b, record_task)
     assert recorded["state"] == "confirmed", recorded
     stack.synced(recorded["result"]["block_number"])
     # A cannot be paid twice for the same purchase.
-    again = client.post(f"/api/v1/projects/{pid}/buy", json={"buyer": b})
+    again = client_b.post(f"/api/v1/projects/{pid}/buy", json={"buyer": b})
     assert again.status_code == 409 and again.get_json()["field"] == "buyer"
     assert client.get(f"/api/v1/token/balance/{a}").get_json()["balance"] == str(REWARD + PRICE - FEE)
     # Every event is in the events API.
@@ -234,40 +250,42 @@ def rest_flow(stack: Stack, content: bytes) -> dict:
 
 def thesis_flow(stack: Stack, content: bytes) -> dict:
     """The same story through the thesis's routes (its parameter names and BaseResult answers)."""
-    client = stack.app.test_client()
-    deployed = thesis_done(stack, client.post("/contract/deploy", data={"contract": "platform", "wait": "30"}, headers=ADMIN))
+    admin, client_a, client_b = clients(stack)
+    client = client_a
+    deployed = thesis_done(stack, admin.post("/contract/deploy", data={"contract": "platform", "wait": "30"}))
     assert deployed["result"]["platform"]["PlatformToken"]
     accounts = []
-    for _ in range(2):
-        created = thesis_done(stack, client.post("/admin/new", json={"password": PASSWORD, "wait": 30}))
+    for user in (client_a, client_b):
+        created = thesis_done(stack, user.post("/admin/new", json={"password": PASSWORD, "wait": 30}))
         accounts.append(created["result"]["address"])
-        unlocked = client.get("/admin/unlock", query_string={"address": created["result"]["address"], "password": PASSWORD})
+        unlocked = user.post("/admin/unlock", data={"address": created["result"]["address"], "password": PASSWORD})
         assert unlocked.get_json() == {"status": 200, "message": "success",
                                        "data": {"address": created["result"]["address"], "unlocked": True, "seconds": 300}}
+        assert user.get("/admin/list").get_json()["data"] == {"accounts": [created["result"]["address"]]}  # its own only
     a, b = accounts
-    listed = client.get("/admin/list").get_json()["data"]
+    listed = admin.get("/admin/list").get_json()["data"]
     assert {a, b} <= set(listed["accounts"])
     treasury = listed["treasury"]
-    thesis_done(stack, client.post("/token/add", data={"address": b, "value": str(GRANT), "wait": "30"}, headers=ADMIN))
+    thesis_done(stack, admin.post("/token/add", data={"address": b, "value": str(GRANT), "wait": "30"}))
     digest = "0x" + hashlib.sha256(content).hexdigest()
-    published = thesis_done(stack, client.post("/token/publish", **multipart({
+    published = thesis_done(stack, client_a.post("/token/publish", **multipart({
         "address": a, "time": "2026-11-24T10:00:00Z", "projectName": "Series A: Example Robotics", "projectHash": digest,
         "value": str(PRICE), "wait": "30", "file": FileStorage(io.BytesIO(content), "memo.pdf")})))
     pid = published["result"]["project_id"]
     assert client.get("/token/balance", query_string={"address": a}).get_json()["data"]["balance"] == str(REWARD)
-    view(stack, client, pid, b)  # the thesis has no view route: the summary comes from /api/v1 and is recorded alike
-    bought = thesis_done(stack, client.post("/token/buy", json={
+    view(stack, client_b, pid, b)  # the thesis has no view route: the summary comes from /api/v1 and is recorded alike
+    bought = thesis_done(stack, client_b.post("/token/buy", json={
         "address": b, "time": "2026-11-24T10:05:00Z", "projectName": "Series A: Example Robotics", "projectHash": digest, "wait": 30}))
     assert bought["project_id"] == pid and bought["result"]["fee"] == str(FEE)
     # The thesis has no download route: the file comes from /api/v1, recorded the same way.
-    with client.get(f"/api/v1/projects/{pid}/file?account={b}") as response:
+    with client_b.get(f"/api/v1/projects/{pid}/file?account={b}") as response:
         assert response.data == content
         record_task = response.headers["ESP-Record-Task"]
-    recorded = wait_task(client, record_task)
+    recorded = wait_task(client_b, record_task)
     assert recorded["state"] == "confirmed", recorded
     stack.synced(recorded["result"]["block_number"])
     # Paying twice through the thesis's /token alias is refused: HTTP 409, BaseResult status 500, nothing sent.
-    again = client.post("/token", data={"address": b, "projectHash": digest})
+    again = client_b.post("/token", data={"address": b, "projectHash": digest})
     body = again.get_json()
     assert again.status_code == 409 and body["status"] == 500 and body["data"]["field"] == "address", body
     # The thesis's reads agree with the chain.

@@ -72,11 +72,15 @@ def stack(tmp_path_factory, anvil_binary):
 
 
 def confirmed(client, response, stack: Stack | None = None) -> dict:
-    """Wait for the task to be confirmed, then for every node to hold its block (reads may go to any node)."""
+    """Wait for the task to be confirmed, then for every node to hold its block (reads may go to any node).
+
+    The wait reads the task as an admin: tasks here are submitted by the user's key and by the admin's.
+    """
     assert response.status_code == 202, response.get_json()
-    done = wait_task(client, response.get_json()["id"])
+    stack = STACKS[-1] if stack is None else stack
+    done = wait_task(stack.client(admin=True), response.get_json()["id"])
     assert done["state"] == "confirmed", done
-    synced(STACKS[-1] if stack is None else stack, done["result"]["block_number"])
+    synced(stack, done["result"]["block_number"])
     return done
 
 
@@ -157,7 +161,7 @@ def test_platform_is_deployed_on_start_and_not_twice(stack):
     second = ensure_platform(stack.app.extensions["esp.pool"], store, stack.celery)
     assert first["action"] == "enqueued" and first["reason"] == "fresh-chain"
     assert second == {"action": "in-flight", "task_id": first["task_id"]}
-    done = wait_task(client, first["task_id"])
+    done = wait_task(stack.client(admin=True), first["task_id"])  # ESP's own task: only an admin reads it
     assert done["state"] == "confirmed", done
     new = stack.platform()
     assert new["PlatformToken"] != NOBODY and new["deploy_block"] > record["deploy_block"]
@@ -202,12 +206,14 @@ def test_token_owner_operations_and_transfer(stack):
     before = stack.counts()
     assert_problem(client.post("/api/v1/token/transfer", json={"from": b, "to": a, "value": 251}), 422, "value")
     assert_problem(client.post("/api/v1/token/delete", json={"address": b, "value": 251}, headers=ADMIN), 422, "value")
-    assert_problem(client.post("/api/v1/token/add", json={"address": a, "value": 1}), 401, "Authorization")
+    assert_problem(stack.anonymous().post("/api/v1/token/add", json={"address": a, "value": 1}), 401, "Authorization")
+    assert_problem(client.post("/api/v1/token/add", json={"address": a, "value": 1}), 403, "Authorization")
     assert_problem(client.post("/api/v1/token/add", json={"address": a, "value": 1},
                                headers={"Authorization": "Bearer wrong"}), 401, "Authorization")
-    treasury = client.get("/api/v1/accounts").get_json()["treasury"]
+    treasury = stack.client(admin=True).get("/api/v1/accounts").get_json()["treasury"]
     # The treasury signs only for an admin.
-    assert_problem(client.post("/api/v1/token/transfer", json={"from": treasury, "to": a, "value": 0}), 401, "Authorization")
+    assert_problem(client.post("/api/v1/token/transfer", json={"from": treasury, "to": a, "value": 0}), 403, "from")
+    assert_problem(stack.anonymous().post("/api/v1/token/transfer", json={"from": treasury, "to": a, "value": 0}), 401, "Authorization")
     assert stack.counts() == before
 
 
@@ -277,7 +283,7 @@ def test_publish_buy_download_and_no_double_payment(stack):
     assert_problem(client.get(f"/api/v1/projects/{pid}/file"), 422, "account")
     assert stack.counts() == counts
     # The buyer pays the price: the publisher gets it less the fee, the treasury the fee.
-    treasury = client.get("/api/v1/accounts").get_json()["treasury"]
+    treasury = stack.client(admin=True).get("/api/v1/accounts").get_json()["treasury"]
     t0, p0, b0 = balance(client, treasury), balance(client, publisher), balance(client, buyer)
     bought = confirmed(client, client.post(f"/api/v1/projects/{pid}/buy", json={"buyer": buyer}))
     fee = price * FEE_BPS // 10_000
@@ -333,9 +339,10 @@ def test_a_revert_at_estimation_ends_the_task_with_its_reason(stack):
     account = new_account(stack)
     record = stack.platform()
     # Past the API's checks on purpose (a transfer racing a burn): enqueue the operation as the API would.
-    with stack.app.test_request_context():
+    with stack.app.test_request_context(headers={"Authorization": f"Bearer {stack.user_key}"}):
         from app.submit import submit
 
+        stack.app.preprocess_request()  # authenticates the request as the user's key
         response, _ = submit("token_transfer", {"token": record["PlatformToken"], "sender": account, "to": NOBODY, "value": "1"})
     done = wait_task(client, response.get_json()["id"])
     assert done["state"] == "failed" and done["error"]["type"] == "reverted", done
@@ -361,7 +368,8 @@ def test_upload_limits_and_bad_publish_requests(stack):
     assert_problem(publish(client, publisher, "x" * 257, 1, b"data"), 422, "name")
     assert_problem(publish(client, publisher, "Negative", -1, b"data"), 422, "price")
     assert_problem(publish(client, "0xnot", "Bad", 1, b"data"), 422, "publisher")
-    assert_problem(publish(client, NOBODY, "Unknown", 1, b"data"), 422, "publisher")
+    assert_problem(publish(client, NOBODY, "Unknown", 1, b"data"), 403, "publisher")  # not an account of this key
+    assert_problem(publish(stack.client(admin=True), NOBODY, "Unknown", 1, b"data"), 422, "publisher")
     assert_problem(client.post("/api/v1/projects", json={"publisher": publisher}), 415, "body")
     assert_problem(client.get("/api/v1/projects/424242"), 404, "id")
     assert_problem(client.get("/api/v1/projects/1?account=0xbad"), 422, "account")
@@ -388,7 +396,8 @@ def test_contracts_are_deployed_by_name_or_from_abi_and_bytecode(stack):
     named = confirmed(client, client.post("/api/v1/contracts", headers=ADMIN, json={"name": "ProjectMarket"}))
     assert named["params"]["args"][0] == stack.platform()["PlatformToken"]
     assert stack.rpc().call("eth_getCode", [named["result"]["contract_address"], "latest"]) not in ("0x", None)
-    assert_problem(client.post("/api/v1/contracts", json={"name": "platform"}), 401, "Authorization")
+    assert_problem(stack.anonymous().post("/api/v1/contracts", json={"name": "platform"}), 401, "Authorization")
+    assert_problem(client.post("/api/v1/contracts", json={"name": "platform"}), 403, "Authorization")
 
 
 # -- events, chain reads, mining ---------------------------------------------------------------------------------
@@ -428,7 +437,8 @@ def test_mining_can_be_stopped_and_started(stack):
     client = stack.client()
     state = client.get("/api/v1/mining").get_json()
     assert state["mining"] is True and state["mode"] == "interval" and state["producers"][0]["node"] == "node-0"
-    assert_problem(client.post("/api/v1/mining", json={"action": "stop"}), 401, "Authorization")
+    assert_problem(stack.anonymous().post("/api/v1/mining", json={"action": "stop"}), 401, "Authorization")
+    assert_problem(client.post("/api/v1/mining", json={"action": "stop"}), 403, "Authorization")
     try:
         stopped = client.post("/api/v1/mining", json={"action": "stop"}, headers=ADMIN).get_json()
         assert stopped["mining"] is False and stopped["mode"] == "off"
@@ -487,7 +497,7 @@ def test_zz_chain_reads_answer_and_fail_over(stack):
 @pytest.mark.parametrize(("path", "params", "field", "status", "via"), [
     ("/token/transfer", {"from": NOBODY, "to": "0x12", "value": 1}, "to", 422, "json"),
     ("/token/add", {"address": NOBODY, "value": -1}, "value", 422, "form"),
-    ("/token/set", {"address": NOBODY, "value": "1e3"}, "value", 422, "query"),
+    ("/token/set", {"address": NOBODY, "value": "1e3"}, "value", 422, "post-query"),
     ("/token/balance", {}, "address", 422, "query"),
     ("/token/buy", {"address": NOBODY, "projectHash": "0x" + "11" * 32}, "projectHash", 404, "json"),
     ("/token", {"address": NOBODY}, "projectHash", 422, "form"),
@@ -506,6 +516,8 @@ def test_thesis_routes_refuse_bad_input_in_their_shape(stack, path, params, fiel
     before = stack.counts()
     if via == "query":
         response = client.get(path, query_string=params, headers=ADMIN)
+    elif via == "post-query":  # a write takes POST only, its parameters may still come in the query string
+        response = client.post(path, query_string=params, headers=ADMIN)
     elif via == "form":
         response = client.post(path, data=params, headers=ADMIN)
     else:
@@ -520,8 +532,11 @@ def test_thesis_publish_by_hash_buy_by_id_and_admin_only_minting(stack):
     stack.wait_platform()
     client = stack.client()
     publisher, buyer = new_account(stack), new_account(stack)
-    refused = client.post("/token/add", data={"address": buyer, "value": "10"})
+    refused = stack.anonymous().post("/token/add", data={"address": buyer, "value": "10"})
     assert refused.status_code == 401 and refused.get_json()["status"] == 500
+    refused = client.post("/token/add", data={"address": buyer, "value": "10"})
+    assert refused.status_code == 403 and refused.get_json()["status"] == 500
+    assert client.get("/token/add", query_string={"address": buyer, "value": "10"}, headers=ADMIN).status_code == 405
     minted = client.post("/token/add", json={"address": buyer, "value": 10, "wait": 30}, headers=ADMIN).get_json()
     assert minted["status"] == 200 and minted["data"]["state"] == "confirmed", minted
     digest = "0x" + hashlib.sha256(b"kept elsewhere").hexdigest()
@@ -532,7 +547,7 @@ def test_thesis_publish_by_hash_buy_by_id_and_admin_only_minting(stack):
     published = wait_task(client, body["data"]["id"])
     assert published["state"] == "confirmed" and published["result"]["time"] == "today", published
     pid = published["result"]["project_id"]
-    bought = client.get("/token", query_string={"address": buyer, "project": pid, "wait": 30}).get_json()
+    bought = client.post("/token", query_string={"address": buyer, "project": pid, "wait": 30}).get_json()
     assert bought["status"] == 200 and bought["data"]["state"] == "confirmed" and bought["data"]["project_id"] == pid, bought
     synced(stack, bought["data"]["result"]["block_number"])
     assert client.get("/token/balance", query_string={"address": buyer}).get_json()["data"]["balance"] == "0"

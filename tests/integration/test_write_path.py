@@ -132,7 +132,8 @@ def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
         response = client.post("/api/v1/transactions", json={"from": sender, "to": sender, "value_wei": 1})
         backlog.append(response.get_json()["id"])
     account_task = client.post("/api/v1/accounts", json={"password": PASSWORD}).get_json()["id"]
-    deploy = client.post("/api/v1/contracts", json={"name": "PlatformToken"}, headers={"Authorization": "Bearer test-admin-key"})
+    admin = stack.client(admin=True)
+    deploy = admin.post("/api/v1/contracts", json={"name": "PlatformToken"})
     assert deploy.status_code == 202, deploy.get_json()
     deploy_task = deploy.get_json()["id"]
     assert stack.redis.llen("esp.calls") == 500
@@ -142,7 +143,7 @@ def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
     assert message["headers"]["esp_node"] in node_ids
     assert f"'routed_to': '{message['headers']['esp_node']}'" in message["headers"]["kwargsrepr"]
     stack.start_writers()
-    deployed = wait_task(client, deploy_task, timeout=120)
+    deployed = wait_task(admin, deploy_task, timeout=120)  # a task is readable by the key that submitted it
     account = wait_task(client, account_task, timeout=120)
     assert deployed["state"] == "confirmed" and deployed["result"]["contract_address"], deployed
     assert account["state"] == "confirmed", account
@@ -187,7 +188,7 @@ def test_worker_killed_mid_send_sends_each_transaction_once(stack):
 
 
 def test_idempotency_key_returns_the_same_task(stack):
-    client = stack.client()
+    client = stack.client(admin=True)  # the treasury signs only for an admin
     treasury = client.get("/api/v1/accounts").get_json()["treasury"]
     body = {"from": treasury, "to": "0x000000000000000000000000000000000000bEEF", "value_wei": 11}
     first = client.post("/api/v1/transactions", json=body, headers={"Idempotency-Key": "order-77"})
@@ -215,7 +216,7 @@ def test_idempotency_key_returns_the_same_task(stack):
     ],
 )
 def test_bad_input_is_a_problem_naming_the_field_and_enqueues_nothing(stack, body, field, status):
-    client = stack.client()
+    client = stack.client(admin=True)  # an admin, so that the treasury and unknown senders reach the checks
     treasury = client.get("/api/v1/accounts").get_json()["treasury"]
     body = {k: (treasury if v == "TREASURY" else v) for k, v in body.items()}
     before = [stack.redis.llen(q) for q in ("esp.deploy", "esp.accounts", "esp.calls")], len(stack.redis.keys("esp:task:*"))
