@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from errors import NotFound, ValidationError
+from nodepool.codec import as_text
 
 KEYS = "esp:apikeys"
 DIGESTS = "esp:apikey-digests"
@@ -145,7 +146,7 @@ class ApiKeyStore:
         key_id = self.redis.hget(DIGESTS, digest_of(presented))
         if key_id is None:
             return None
-        record = self.get(key_id.decode() if isinstance(key_id, bytes) else key_id)
+        record = self.get(as_text(key_id))
         if not record.active:
             return None
         return Caller(record.id, record.role, record.name)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import redis
 
+from nodepool.codec import as_text
+
 ACCOUNT_OWNERS = "esp:account-owners"
 FILE_PUBLISHERS = "esp:file-publishers:{}"
 
@@ -29,11 +31,11 @@ class Owners:
 
     def account_owner(self, address: str) -> str | None:
         owner = self.redis.hget(ACCOUNT_OWNERS, address)
-        return _text(owner) if owner is not None else None
+        return as_text(owner) if owner is not None else None
 
     def accounts_of(self, key_id: str) -> set[str]:
         """The addresses a key owns (one HGETALL: accounts are few per deployment, thousands at most)."""
-        return {_text(a) for a, owner in self.redis.hgetall(ACCOUNT_OWNERS).items() if _text(owner) == key_id}
+        return {as_text(a) for a, owner in self.redis.hgetall(ACCOUNT_OWNERS).items() if as_text(owner) == key_id}
 
     # -- files -------------------------------------------------------------------------------------
 
@@ -46,7 +48,3 @@ class Owners:
 
     def file_has_uploader(self, digest: str) -> bool:
         return bool(self.redis.exists(FILE_PUBLISHERS.format(digest.lower())))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

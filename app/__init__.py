@@ -5,9 +5,9 @@ from __future__ import annotations
 from celery import Celery
 from flask import Flask
 
-from nodes.placement import Placement
-from nodes.pool import Pool
-from nodes.reads import ReadClient
+from nodepool.failover import ReadClient
+from nodepool.placement import Placement
+from nodepool.pool import Pool
 from settings import Settings
 from wallet.kdf import KdfGate
 

@@ -10,9 +10,9 @@ from flask import current_app
 
 from access.keys import ApiKeyStore
 from access.owners import Owners
-from nodes.placement import Placement
-from nodes.pool import Pool
-from nodes.reads import ReadClient
+from nodepool.failover import ReadClient
+from nodepool.placement import Placement
+from nodepool.pool import Pool
 from settings import Settings
 from tasks.status import TaskStore
 from wallet.kdf import KdfGate

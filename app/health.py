@@ -11,8 +11,8 @@ from flask import Blueprint, Response, jsonify
 
 from app.context import pool, settings
 from errors import NodeError
-from nodes.base import NodeSpec
-from nodes.pool import Pool
+from nodepool.pool import Pool
+from nodepool.spec import NodeSpec
 
 bp = Blueprint("health", __name__)
 _started = time.time()

@@ -13,7 +13,7 @@ from flask import Blueprint, Response
 
 from app.context import pool, settings
 from celeryconfig import QUEUES
-from nodes.placement import load_snapshot
+from nodepool.snapshot import load_snapshot
 from tasks.receipts import ReceiptWatch
 
 bp = Blueprint("metrics", __name__)

@@ -24,8 +24,8 @@ from app.auth import admin_required
 from app.context import pool, reader, settings
 from app.validation import json_body, required
 from errors import NodeError, NoHealthyNode, RpcError, ValidationError
-from nodes.base import NodeSpec
-from nodes.rpc import RpcClient
+from nodepool.rpc import RpcClient
+from nodepool.spec import NodeSpec
 
 bp = Blueprint("mining", __name__, url_prefix="/api/v1/mining")
 

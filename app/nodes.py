@@ -24,10 +24,10 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.context import pool, settings
 from app.validation import integer
-from nodes.base import NodeSpec
-from nodes.events import recent_events
-from nodes.placement import SNAPSHOT_HISTORY_KEY, load_snapshot_document
-from nodes.traffic import Traffic
+from nodepool.events import recent_events
+from nodepool.snapshot import SNAPSHOT_HISTORY_KEY, load_snapshot_document
+from nodepool.spec import NodeSpec
+from nodepool.traffic import Traffic
 
 bp = Blueprint("nodes", __name__, url_prefix="/api/v1/nodes")
 

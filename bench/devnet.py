@@ -26,10 +26,10 @@ from typing import Any
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from nodes.base import ROLE_FOLLOWER
+from nodepool.rpc import RpcClient, to_int
+from nodepool.spec import ROLE_FOLLOWER
 from nodes.devnet import BlockImporter, Devnet
 from nodes.process import ProcessBackend
-from nodes.rpc import RpcClient, to_int
 from settings import ROOT, Settings
 
 RESULTS = ROOT / "bench" / "results" / "devnet.json"

@@ -38,10 +38,11 @@ from typing import Any
 from app.nodes import nodes_document, plane_svg
 from balancer import POLICY_NAMES
 from bench.stack import RESULTS, percentile, write_results
+from nodepool.failover import ReadClient
+from nodepool.placement import Placement
+from nodepool.pool import Pool
+from nodepool.snapshot import CALIBRATION_KEY, SNAPSHOT_HISTORY_KEY, load_snapshot_document
 from nodes.manager import NodeManager, connect_redis
-from nodes.placement import CALIBRATION_KEY, SNAPSHOT_HISTORY_KEY, Placement, load_snapshot_document
-from nodes.pool import Pool
-from nodes.reads import ReadClient
 from settings import Settings
 from tasks.monitor import ResourceSampler, sample_pool
 

@@ -1,4 +1,4 @@
-"""Node backends (process, static, docker), the registry in Redis and the node manager."""
+"""Node backends (process, static, docker), the devnet that keeps anvils on one chain, and the node manager."""
 
 from __future__ import annotations
 

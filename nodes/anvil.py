@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from errors import ConfigError
-from nodes.base import ROLE_FOLLOWER, ROLE_LEADER
+from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER
 from settings import ROOT, Settings
 
 #: Recent states each node keeps in memory (rollback depth, recent eth_call blocks).

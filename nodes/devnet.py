@@ -63,21 +63,22 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import redis
 
 from errors import ChainDiverged, NodeError, NodeUnreachable, RpcError
+from nodepool.registry import NodeRegistry
+from nodepool.rpc import RpcClient, to_int
+from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER, NodeSpec
+from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCED, SYNCING, SyncStatus
 from nodes.anvil import KEPT_STATES
-from nodes.base import ROLE_FOLLOWER, ROLE_LEADER, NodeBackend, NodeSpec
-from nodes.registry import NodeRegistry
-from nodes.rpc import RpcClient, to_int
+from nodes.base import NodeBackend
 from settings import Settings
 
 log = logging.getLogger(__name__)
 
-SYNC_KEY = "esp:devnet:sync"
 #: Blocks a follower imports before it looks at its pool and the leader again.
 IMPORT_BATCH = 64
 POLL_INTERVAL = 0.02
@@ -90,33 +91,6 @@ EMPTY_RUN_MAX = KEPT_STATES - 1
 BATCH_ORDER_FLOOR = 32
 #: Seconds a promotion waits for the sync loops to finish the round they are in.
 QUIESCE_TIMEOUT = 10.0
-
-STATUS_UP = "up"
-STATUS_SYNCING = "syncing"
-STATUS_DOWN = "down"
-STATUS_DIVERGED = "diverged"
-
-
-@dataclass
-class SyncStatus:
-    """What a node's sync loop last saw; published to Redis for the monitor."""
-
-    node_id: str
-    role: str
-    status: str
-    head: int = -1
-    leader_head: int = -1
-    error: str = ""
-    updated_at: float = 0.0
-    #: Counted since the node's last (re)start: blocks and transactions imported, imports redone.
-    imported_blocks: int = 0
-    imported_txs: int = 0
-    rollbacks: int = 0
-
-    @property
-    def lag(self) -> int:
-        return max(0, self.leader_head - self.head) if self.head >= 0 else -1
-
 
 # -- block import ---------------------------------------------------------------------
 
@@ -556,7 +530,7 @@ class Devnet:
     def _begin(self, specs: Sequence[NodeSpec]) -> None:
         self._publish_pool()
         for spec in specs:
-            self._set_status(spec.id, STATUS_UP if spec.role == ROLE_LEADER else STATUS_SYNCING, head=0)
+            self._set_status(spec.id, SYNCED if spec.role == ROLE_LEADER else SYNCING, head=0)
             if spec.role == ROLE_FOLLOWER:
                 self._start_sync(spec.id)
 
@@ -586,7 +560,7 @@ class Devnet:
         self.backend.stop(self.spec(node_id))
         with self._lock:
             self._stopped.add(node_id)
-        self._set_status(node_id, STATUS_DOWN)
+        self._set_status(node_id, SYNC_STOPPED)
 
     def restart(self, node_id: str, *, wait: bool = True, timeout: float = 120.0) -> NodeSpec:
         """Restart a node; it comes back as a follower and is ready once it has caught up."""
@@ -600,7 +574,7 @@ class Devnet:
                 forward_pending(self.client(node_id, timeout=2.0), self.client(successor))
             except NodeError as exc:
                 log.warning("could not forward %s's pending transactions: %s", node_id, exc)
-        self._set_status(node_id, STATUS_SYNCING, head=-1)
+        self._set_status(node_id, SYNCING, head=-1)
         if self._launched_as.get(node_id) == ROLE_FOLLOWER:
             new = self.backend.restart(spec.replace(role=ROLE_FOLLOWER))
         else:
@@ -613,7 +587,7 @@ class Devnet:
             self._launched_as[node_id] = ROLE_FOLLOWER
         self._put(new.replace(role=ROLE_FOLLOWER))
         # Again under the new generation: a round of the old one may have published "up" meanwhile.
-        self._set_status(node_id, STATUS_SYNCING, head=-1, leader_head=-1, counters=(0, 0, 0))
+        self._set_status(node_id, SYNCING, head=-1, leader_head=-1, counters=(0, 0, 0))
         self._start_sync(node_id)
         if wait:
             self.wait_caught_up(node_id, timeout=timeout)
@@ -663,7 +637,7 @@ class Devnet:
         else:
             client.call("evm_setAutomine", [True])
         self._publish_pool()
-        self._set_status(node_id, STATUS_UP, head=to_int(latest["number"]), leader_head=to_int(latest["number"]))
+        self._set_status(node_id, SYNCED, head=to_int(latest["number"]), leader_head=to_int(latest["number"]))
         log.warning("%s is the devnet leader now (was %s), at block %d", node_id, previous, to_int(latest["number"]))
 
     def check_leader(self, *, now: float | None = None) -> str | None:
@@ -679,7 +653,7 @@ class Devnet:
             if now - self._leader_unreachable_since < LEADER_GRACE or len(self._specs) < 2:
                 return None
         dead = self._leader_id
-        self._set_status(dead, STATUS_DOWN)
+        self._set_status(dead, SYNC_STOPPED)
         # Let every import in flight finish first: a follower still importing a block fetched
         # before the crash would otherwise end up ahead of the one promoted.
         with self._quiesced():
@@ -693,9 +667,9 @@ class Devnet:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             st = self._status.get(node_id)
-            if st and st.status == STATUS_UP:
+            if st and st.status == SYNCED:
                 return
-            if st and st.status == STATUS_DIVERGED:
+            if st and st.status == DIVERGED:
                 raise ChainDiverged(st.error, node_id=node_id)
             time.sleep(POLL_INTERVAL)
         raise NodeError(f"{node_id} did not catch up within {timeout:.0f} s", node_id=node_id)
@@ -720,7 +694,7 @@ class Devnet:
                     heads[spec.id] = -1
                 if spec.id != self._leader_id:
                     st = self._status.get(spec.id)
-                    if st is None or st.status != STATUS_UP or st.head != heads[spec.id]:
+                    if st is None or st.status != SYNCED or st.head != heads[spec.id]:
                         heads[spec.id] = -1
             if len(set(heads.values())) == 1 and -1 not in heads.values():
                 return next(iter(heads.values()))
@@ -756,7 +730,7 @@ class Devnet:
             except NodeError:
                 continue
             st = self._status.get(spec.id)
-            if st and st.status == STATUS_DIVERGED:
+            if st and st.status == DIVERGED:
                 continue
             if head > best_head:
                 best, best_head = spec.id, head
@@ -872,7 +846,7 @@ class Devnet:
                 self._sync_round(node_id, leader_id, generation, importer)
             except ChainDiverged as exc:
                 log.error("%s", exc)
-                self._set_status(node_id, STATUS_DIVERGED, error=str(exc), generation=generation)
+                self._set_status(node_id, DIVERGED, error=str(exc), generation=generation)
                 diverged_in = generation
                 continue
             except (NodeUnreachable, RpcError) as exc:
@@ -881,7 +855,7 @@ class Devnet:
                 continue
             except Exception as exc:  # a sync thread must outlive any surprise; it is logged with its traceback
                 log.exception("%s: sync round failed", node_id)
-                self._set_status(node_id, STATUS_DOWN, error=f"sync failed: {exc!r}", generation=generation)
+                self._set_status(node_id, SYNC_STOPPED, error=f"sync failed: {exc!r}", generation=generation)
                 self._stopping.wait(1.0)
                 continue
             finally:
@@ -906,20 +880,20 @@ class Devnet:
             # mined or replaced behind our back): it must be the leader's block at that height.
             importer.check_common_ancestor(leader, head)
         if head < leader_head:
-            self._set_status(node_id, STATUS_SYNCING, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
+            self._set_status(node_id, SYNCING, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
             head = importer.import_range(leader, head + 1, min(leader_head, head + IMPORT_BATCH))
-            status = STATUS_UP if head == leader_head else STATUS_SYNCING
+            status = SYNCED if head == leader_head else SYNCING
             self._set_status(node_id, status, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
             return
         st = self._status.get(node_id)
-        if st is None or st.status != STATUS_UP or st.head != head or st.leader_head != leader_head:
-            self._set_status(node_id, STATUS_UP, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
+        if st is None or st.status != SYNCED or st.head != head or st.leader_head != leader_head:
+            self._set_status(node_id, SYNCED, head=head, leader_head=leader_head, generation=generation, counters=importer.counters())
 
     def _note_leader_head(self, leader_id: str, head: int) -> None:
         """Keep the leader's own status current from what its followers see."""
         st = self._status.get(leader_id)
         if leader_id == self._leader_id and st is not None and head > st.head:
-            self._set_status(leader_id, STATUS_UP, head=head, leader_head=head)
+            self._set_status(leader_id, SYNCED, head=head, leader_head=head)
 
     def _note_failure(self, node_id: str, leader_id: str, generation: int, exc: NodeError) -> None:
         """A failed round: this node is down, or the leader is (then this node only waits)."""
@@ -928,5 +902,5 @@ class Devnet:
             if current is not None:
                 self._set_status(node_id, current.status, error=f"leader {leader_id}: {exc}", generation=generation)
             return
-        if current is None or current.status != STATUS_SYNCING or current.head >= 0:
-            self._set_status(node_id, STATUS_DOWN, error=str(exc), generation=generation)
+        if current is None or current.status != SYNCING or current.head >= 0:
+            self._set_status(node_id, SYNC_STOPPED, error=str(exc), generation=generation)

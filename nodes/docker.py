@@ -40,10 +40,11 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from errors import ConfigError, NodeStartError, NodeUnreachable
+from nodepool.rpc import RpcClient
+from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER, NodeSpec
 from nodes.anvil import anvil_args, find_anvil
-from nodes.base import ROLE_FOLLOWER, ROLE_LEADER, NodeSpec, ResourceStats
+from nodes.base import ResourceStats
 from nodes.process import claim_port, wait_until_answers
-from nodes.rpc import RpcClient
 from settings import ROOT, Settings
 
 log = logging.getLogger(__name__)

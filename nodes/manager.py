@@ -20,11 +20,11 @@ from typing import Any
 import redis
 
 from errors import ConfigError, EspError, NodeError, NodeUnreachable, RpcError
+from nodepool.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
+from nodepool.rpc import RpcClient
+from nodepool.spec import NodeSpec
 from nodes import make_backend
-from nodes.base import NodeSpec
 from nodes.devnet import Devnet
-from nodes.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
-from nodes.rpc import RpcClient
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class NodeManager:
         self.registry.clear()
 
     def _event(self, kind: str, node_id: str, **data: Any) -> None:
-        from nodes.events import record_event
+        from nodepool.events import record_event
 
         record_event(self.redis, kind, node_id, **data)
 

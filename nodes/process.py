@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 
 from errors import NodeStartError, NodeUnreachable, RpcError
+from nodepool.rpc import RpcClient
+from nodepool.spec import NodeSpec
 from nodes.anvil import anvil_args, find_anvil
-from nodes.base import NodeSpec, ResourceStats
-from nodes.rpc import RpcClient
+from nodes.base import ResourceStats
 from settings import Settings, child_environment
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from errors import NodeError
-from nodes.base import ROLE_STANDALONE, NodeSpec, ResourceStats
-from nodes.rpc import RpcClient
+from nodepool.rpc import RpcClient
+from nodepool.spec import ROLE_STANDALONE, NodeSpec
+from nodes.base import ResourceStats
 
 
 class StaticBackend:

@@ -56,8 +56,9 @@ from balancer import TaskKind
 from contracts import PLATFORM_CONTRACTS, load_artifact
 from contracts.abi import AbiError, artifact_abi, encode_call, encode_deploy, platform_decoder
 from errors import NodeError, NoHealthyNode
-from nodes.pool import Pool
-from nodes.rpc import RpcClient, to_int
+from nodepool.codec import as_text
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient, to_int
 from settings import Settings
 from tasks.operations import OPERATIONS, on_confirmed
 from tasks.sending import SendContext, TaskFailed, TxRequest
@@ -352,7 +353,7 @@ def claim_deploy(client: redis.Redis, store: TaskStore, task_id: str) -> str | N
         holder_raw = client.get(DEPLOY_LOCK_KEY)
         if holder_raw is None:
             continue
-        holder = holder_raw.decode() if isinstance(holder_raw, bytes) else str(holder_raw)
+        holder = as_text(holder_raw)
         record = store.find(holder)
         if record is not None and not record.is_final:
             return holder
@@ -368,7 +369,7 @@ def claim_deploy(client: redis.Redis, store: TaskStore, task_id: str) -> str | N
             except redis.WatchError:
                 pass
     holder_raw = client.get(DEPLOY_LOCK_KEY)
-    return holder_raw.decode() if isinstance(holder_raw, bytes) else str(holder_raw)
+    return as_text(holder_raw)
 
 
 def hold_deploy_lock(client: redis.Redis, task_id: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache, cached_property
 
-from nodes.placement import Placement
-from nodes.pool import Pool
+from nodepool.placement import Placement
+from nodepool.pool import Pool
 from settings import Settings
 from tasks.status import TaskStore
 

@@ -50,22 +50,15 @@ from celery import shared_task
 
 from balancer import STATUS_DOWN, STATUS_UP, BalancerConfig, Calibrator, NodeSample, Snapshot, build_snapshot
 from errors import EspError, NodeUnreachable, RpcError
-from nodes.base import NodeBackend, NodeSpec, ResourceStats
-from nodes.devnet import STATUS_DIVERGED, STATUS_SYNCING, SYNC_KEY
-from nodes.devnet import STATUS_DOWN as STATUS_DEVNET_DOWN
-from nodes.events import record_event
-from nodes.placement import (
-    CALIBRATION_KEY,
-    NODE_STATUS_KEY,
-    SNAPSHOT_HISTORY_KEY,
-    SNAPSHOT_KEY,
-    balancer_config,
-    is_far_behind,
-    parse_sync_statuses,
-)
-from nodes.pool import Pool
-from nodes.rpc import RpcClient, to_int
-from nodes.traffic import Traffic
+from nodepool.codec import as_text
+from nodepool.events import record_event
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient, to_int
+from nodepool.snapshot import CALIBRATION_KEY, NODE_STATUS_KEY, SNAPSHOT_HISTORY_KEY, SNAPSHOT_KEY, balancer_config
+from nodepool.spec import NodeSpec
+from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCING, is_far_behind, parse_sync_statuses
+from nodepool.traffic import Traffic
+from nodes.base import NodeBackend, ResourceStats
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -235,13 +228,13 @@ def node_status(probe: Probe, stats: ResourceStats | None, *, override: str | No
     if not alive:
         return STATUS_DOWN, alive
     record = sync or {}
-    if record.get("status") == STATUS_DIVERGED:
+    if record.get("status") == DIVERGED:
         return STATUS_DOWN, alive
-    if record.get("status") == STATUS_DEVNET_DOWN and not probe.ok:
+    if record.get("status") == SYNC_STOPPED and not probe.ok:
         # Only with our own failed probe: the manager's follower loop also reports a
         # follower "down" while the *leader* does not answer, and that follower still serves.
         return STATUS_DOWN, alive
-    if record.get("status") == STATUS_SYNCING:
+    if record.get("status") == SYNCING:
         if probe.head is not None and max_head is not None:
             behind = max_head - probe.head > lag_scale
         else:
@@ -276,7 +269,7 @@ def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None
     pipe.hgetall(NODE_STATUS_KEY)
     pipe.hgetall(SYNC_KEY)
     raw_previous, raw_calibration, raw_overrides, raw_sync = pipe.execute()
-    overrides = {_text(k): _text(v) for k, v in (raw_overrides or {}).items()}
+    overrides = {as_text(k): as_text(v) for k, v in (raw_overrides or {}).items()}
     sync = parse_sync_statuses(raw_sync)
 
     previous = _previous_nodes(raw_previous)
@@ -360,10 +353,6 @@ def history_entry(snapshot: Snapshot) -> dict[str, Any]:
             for n in snapshot.nodes
         },
     }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _previous_nodes(raw: bytes | str | None) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,8 @@ from eth_account.signers.local import LocalAccount
 
 from balancer import TaskKind
 from errors import EspError, NodeUnreachable, RpcError
-from nodes.rpc import RpcClient, to_int
+from nodepool.codec import as_text
+from nodepool.rpc import RpcClient, to_int
 from tasks.operations import CONFIRM_HOOKS
 from tasks.status import CONFIRMED, FAILED, TaskStore
 from wallet.nonces import NonceManager
@@ -58,7 +59,7 @@ class ReceiptWatch:
         pipe.execute()
 
     def entries(self, limit: int = MAX_BATCH) -> list[tuple[str, dict[str, Any]]]:
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
+        ids = [as_text(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
         if not ids:
             return []
         raws = self.redis.mget([WATCH_KEY.format(i) for i in ids])

@@ -39,12 +39,12 @@ from celery import shared_task
 
 from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
 from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
-from nodes.devnet import STATUS_SYNCING
-from nodes.events import record_event
-from nodes.placement import clear_status_override, load_snapshot_document, set_status_override, status_overrides
-from nodes.pool import Pool
-from nodes.registry import NodeControl
-from nodes.traffic import Traffic
+from nodepool.events import record_event
+from nodepool.pool import Pool
+from nodepool.registry import NodeControl
+from nodepool.snapshot import clear_status_override, load_snapshot_document, set_status_override, status_overrides
+from nodepool.sync import SYNCING
+from nodepool.traffic import Traffic
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _update_streaks(client: redis.Redis, document: dict[str, Any]) -> dict[str, 
         before = state.get("nodes", {}).get(node["id"], {"n": 0, "head": None})
         head = node.get("head")
         recyclable = node["zone"] == ZONE_III and node.get("zone_reason") in RECYCLABLE_REASONS
-        catching_up = (node.get("sync") == STATUS_SYNCING and head is not None
+        catching_up = (node.get("sync") == SYNCING and head is not None
                        and before.get("head") is not None and head > before["head"])
         count = before["n"] + 1 if recyclable and not catching_up else 0
         if node["zone"] != ZONE_III:

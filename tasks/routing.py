@@ -31,8 +31,8 @@ class Router:
 
     def placement(self) -> Any:
         if self._placement is None:
-            from nodes.placement import Placement
-            from nodes.pool import Pool
+            from nodepool.placement import Placement
+            from nodepool.pool import Pool
 
             self._placement = Placement(Pool(self.settings))
         return self._placement

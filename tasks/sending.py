@@ -30,9 +30,9 @@ from rlp import encode as rlp_encode
 from balancer import TaskKind
 from contracts import decode_revert
 from errors import EspError, NodeUnreachable, RpcError
-from nodes.placement import Placement
-from nodes.pool import Pool
-from nodes.rpc import RpcClient, to_int
+from nodepool.placement import Placement
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient, to_int
 from tasks.receipts import ReceiptWatch
 from tasks.status import BROADCAST, RUNNING, TaskStore
 from wallet.errors import AccountLocked, BroadcastFailed, NonceTooLow, TxRejected

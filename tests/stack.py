@@ -15,8 +15,8 @@ from pathlib import Path
 
 from access.keys import ApiKeyStore
 from app import create_app
+from nodepool.rpc import RpcClient
 from nodes.manager import NodeManager
-from nodes.rpc import RpcClient
 from settings import ROOT
 from tests.conftest import child_env, fresh_redis, make_settings, redis_url, start_worker, stop_process, wait_for_worker
 

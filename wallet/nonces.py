@@ -54,7 +54,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from errors import NodeUnreachable, NoHealthyNode, RpcError, ValidationError
-from nodes.rpc import RpcClient, to_int
+from nodepool.codec import as_text
+from nodepool.rpc import RpcClient, to_int
 from wallet.address import checksum, key_part
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class NonceManager:
         value: Any = self.redis.get(self.mapping_key(address, nonce))
         if value is None:
             return None
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return as_text(value)
 
     def release(self, address: str, nonce: int, *, owner: str | None = None) -> bool:
         """Give back a nonce whose transaction no node can hold; False when it was not ours to give back.

@@ -65,7 +65,7 @@ from eth_keys.backends import get_backend
 from eth_utils import keccak
 
 from errors import NodeUnreachable, RpcError, ValidationError
-from nodes.rpc import RpcClient, to_int
+from nodepool.rpc import RpcClient, to_int
 from wallet.address import checksum
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 

@@ -26,8 +26,8 @@ from werkzeug.test import encode_multipart
 
 from app import create_app
 from errors import NodeError
-from nodes.registry import NodeRegistry
-from nodes.rpc import RpcClient, to_int
+from nodepool.registry import NodeRegistry
+from nodepool.rpc import RpcClient, to_int
 from settings import ROOT
 from tests.conftest import (
     DB_BUSINESS,

@@ -25,12 +25,14 @@ import redis
 from app import create_app
 from balancer import DIMENSIONS, NodeView, Snapshot, TaskKind
 from errors import RpcError
-from nodes.events import recent_events
+from nodepool.events import recent_events
+from nodepool.failover import ReadClient
+from nodepool.placement import DispatchPaused, Placement
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient
+from nodepool.snapshot import SNAPSHOT_KEY
+from nodepool.sync import sync_statuses
 from nodes.manager import NodeManager
-from nodes.placement import SNAPSHOT_KEY, DispatchPaused, Placement, sync_statuses
-from nodes.pool import Pool
-from nodes.reads import ReadClient
-from nodes.rpc import RpcClient
 from settings import Settings
 from tasks.monitor import ResourceSampler, sample_pool
 from tasks.recycler import recycle_step

@@ -20,7 +20,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from errors import NodeError
-from nodes.rpc import to_int
+from nodepool.rpc import to_int
 from tasks.business import DEPLOY_LOCK_KEY, PLATFORM_KEY, ensure_platform
 from tasks.status import TaskStore
 from tests.conftest import DB_BUSINESS

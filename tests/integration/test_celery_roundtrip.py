@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import celeryconfig
-from nodes.registry import NodeRegistry
+from nodepool.registry import NodeRegistry
 from tasks import app
 from tests.conftest import DB_CELERY, child_env, fresh_redis, redis_url, start_worker, stop_process, wait_for_worker
 

@@ -22,9 +22,9 @@ from web3.types import TxReceipt
 
 from contracts import PLATFORM_CONTRACTS, decode_revert, load_artifact
 from errors import RpcError
-from nodes.base import NodeSpec
+from nodepool.rpc import RpcClient
+from nodepool.spec import NodeSpec
 from nodes.process import ProcessBackend
-from nodes.rpc import RpcClient
 from settings import DEV_TREASURY_KEY, Settings
 
 pytestmark = pytest.mark.timeout(300)

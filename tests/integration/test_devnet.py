@@ -25,19 +25,13 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from errors import ChainDiverged, NodeUnreachable
-from nodes.base import ROLE_FOLLOWER, ROLE_LEADER, NodeBackend
-from nodes.devnet import (
-    LEADER_GRACE,
-    STATUS_DIVERGED,
-    STATUS_DOWN,
-    STATUS_UP,
-    SYNC_KEY,
-    BlockImporter,
-    Devnet,
-)
+from nodepool.registry import NodeRegistry
+from nodepool.rpc import RpcClient, to_int
+from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER
+from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCED
+from nodes.base import NodeBackend
+from nodes.devnet import LEADER_GRACE, BlockImporter, Devnet
 from nodes.process import ProcessBackend
-from nodes.registry import NodeRegistry
-from nodes.rpc import RpcClient, to_int
 from settings import Settings
 from tests.conftest import fresh_redis, make_settings
 
@@ -451,7 +445,7 @@ def test_thousand_transactions_round_robin_end_on_one_chain(
 
     # Lag: visible in the status while the leader runs ahead; zero at rest.
     devnet.wait_all_synced(timeout=30)
-    wait_for(lambda: all(st.lag == 0 and st.status == STATUS_UP for st in devnet.status().values()),
+    wait_for(lambda: all(st.lag == 0 and st.status == SYNCED for st in devnet.status().values()),
              timeout=10, what="every follower's status at lag 0")
     if block_time == "0":
         assert max(seen_lag.values(), default=0) > 0, "no follower was ever seen behind during a 1,000-block burst"
@@ -471,7 +465,7 @@ def test_transaction_sent_to_a_follower_is_mined_by_the_leader_only(make_devnet:
     devnet = make_devnet(3, block_time="1")
     leader = devnet.client("node-0")
     f1, f2 = devnet.client("node-1"), devnet.client("node-2")
-    wait_for(lambda: all(st.status == STATUS_UP for st in devnet.status().values()), timeout=10, what="followers up")
+    wait_for(lambda: all(st.status == SYNCED for st in devnet.status().values()), timeout=10, what="followers up")
     # Hold the leader's mining so its pool can be looked at; the test mines the next block itself.
     leader.call("evm_setIntervalMining", [0])
     head = devnet.wait_all_synced(timeout=10)
@@ -505,7 +499,7 @@ def test_transaction_sent_to_a_follower_is_mined_by_the_leader_only(make_devnet:
         assert block["hash"] == mined["hash"]  # the follower holds the leader's block, not one of its own
         assert [client.call("eth_getTransactionReceipt", [t.tx_hash])["blockHash"] for t in (t0, t1, t2)] == [mined["hash"]] * 3
     assert to_int(f2.call("txpool_status")["queued"]) == 0  # the queued copies went with the import
-    assert all(st.status != STATUS_DIVERGED for st in devnet.status().values())
+    assert all(st.status != DIVERGED for st in devnet.status().values())
 
 
 def test_importer_rolls_back_strays_reorders_and_evicts_conflicts(tmp_path: Path) -> None:
@@ -598,7 +592,7 @@ def test_follower_killed_mid_run_comes_back_caught_up(make_devnet: DevnetFactory
     traffic.wait_sent(150)
     killed_at = time.monotonic()
     devnet.stop_node("node-2")  # a crash: no drain, no warning
-    assert devnet.status()["node-2"].status == STATUS_DOWN
+    assert devnet.status()["node-2"].status == SYNC_STOPPED
     time.sleep(1.5)  # the chain moves on without it (6 blocks at 0.25 s)
     leader_head = to_int(devnet.client("node-0").call("eth_blockNumber"))
     started = time.monotonic()
@@ -606,7 +600,7 @@ def test_follower_killed_mid_run_comes_back_caught_up(make_devnet: DevnetFactory
     caught_up = time.monotonic() - started
     st = devnet.status()["node-2"]
     assert spec.generation == 1 and spec.role == ROLE_FOLLOWER
-    assert st.status == STATUS_UP and st.head >= leader_head, st  # ready only once caught up
+    assert st.status == SYNCED and st.head >= leader_head, st  # ready only once caught up
     assert to_int(devnet.client("node-2").call("eth_blockNumber")) >= leader_head
     traffic.stop_flow()
     assert len(traffic.accepted) == len(transfers)
@@ -638,7 +632,7 @@ def test_leader_restart_loses_no_block(make_devnet: DevnetFactory, traffic_facto
     new_leader = devnet.leader_id
     assert new_leader in ("node-1", "node-2")
     assert devnet.spec("node-0").role == ROLE_FOLLOWER and devnet.spec(new_leader).role == ROLE_LEADER
-    assert devnet.status()["node-0"].status == STATUS_UP
+    assert devnet.status()["node-0"].status == SYNCED
     traffic.stop_flow()
     assert len(traffic.accepted) == len(transfers)
     before = {h: n for h, n in traffic.accepted.items()}
@@ -686,8 +680,8 @@ def test_dead_leader_is_replaced_by_the_most_advanced_follower(make_devnet: Devn
         promoted = devnet.check_leader()
     assert time.monotonic() - died >= LEADER_GRACE
     assert promoted in ("node-1", "node-2") and devnet.leader_id == promoted
-    assert devnet.status()["node-0"].status == STATUS_DOWN
-    assert devnet.status()[promoted].status == STATUS_UP
+    assert devnet.status()["node-0"].status == SYNC_STOPPED
+    assert devnet.status()[promoted].status == SYNCED
 
     # No block is lost (every follower had imported all of them before the crash) ...
     new = devnet.client(promoted)
@@ -709,7 +703,7 @@ def test_dead_leader_is_replaced_by_the_most_advanced_follower(make_devnet: Devn
     # The dead node comes back as a follower and catches up; then the chain is one across all three.
     devnet.restart("node-0")
     assert devnet.spec("node-0").role == ROLE_FOLLOWER
-    assert devnet.status()["node-0"].status == STATUS_UP
+    assert devnet.status()["node-0"].status == SYNCED
     assert_one_chain(devnet, first + in_pool + after)
 
 
@@ -732,7 +726,7 @@ def test_divergence_is_detected_and_a_restart_heals_it(make_devnet: DevnetFactor
         rogue.call("anvil_rollback", [1])
         rogue.call("evm_mine", [to_int(rogue.call("eth_getBlockByNumber", ["latest", False])["timestamp"]) + 100])
         bad = head
-    wait_for(lambda: devnet.status()["node-1"].status == STATUS_DIVERGED, timeout=10, what="node-1 to be diverged")
+    wait_for(lambda: devnet.status()["node-1"].status == DIVERGED, timeout=10, what="node-1 to be diverged")
     error = devnet.status()["node-1"].error
     assert f"block {bad} " in error and "node-1" in error, error
     with pytest.raises(ChainDiverged, match="node-1"):
@@ -745,7 +739,7 @@ def test_divergence_is_detected_and_a_restart_heals_it(make_devnet: DevnetFactor
     assert devnet.client("node-1").call("eth_getTransactionReceipt", [more[-1].tx_hash]) is None
 
     devnet.restart("node-1")
-    assert devnet.status()["node-1"].status == STATUS_UP and not devnet.status()["node-1"].error
+    assert devnet.status()["node-1"].status == SYNCED and not devnet.status()["node-1"].error
     assert_one_chain(devnet, first + more)
 
 
@@ -759,7 +753,7 @@ def test_a_restart_reports_ready_only_when_caught_up(make_devnet: DevnetFactory,
     spec = devnet.restart("node-1", wait=False)
     assert spec.generation == 1
     st = devnet.status()["node-1"]
-    assert st.status != STATUS_UP and st.head < target  # it starts over from genesis ...
+    assert st.status != SYNCED and st.head < target  # it starts over from genesis ...
     devnet.wait_caught_up("node-1", timeout=60)
     assert to_int(devnet.client("node-1").call("eth_blockNumber")) >= target  # ... and is ready only at the head
     st = devnet.status()["node-1"]
@@ -776,7 +770,7 @@ def test_status_survives_a_round_trip_through_redis(make_devnet: DevnetFactory, 
     stored = redis_db.hget(SYNC_KEY, "node-1")
     assert stored is not None
     raw = json.loads(stored)
-    assert raw["status"] == STATUS_UP and raw["head"] == 1 and raw["leader_head"] == 1 and raw["role"] == ROLE_FOLLOWER
+    assert raw["status"] == SYNCED and raw["head"] == 1 and raw["leader_head"] == 1 and raw["role"] == ROLE_FOLLOWER
     assert raw["imported_blocks"] == 1
 
 

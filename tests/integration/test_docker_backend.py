@@ -20,8 +20,9 @@ import docker.errors
 import pytest
 
 from errors import ConfigError, NodeStartError
+from nodepool.rpc import RpcClient
+from nodepool.spec import ROLE_LEADER, ROLE_STANDALONE, NodeSpec
 from nodes.anvil import find_anvil
-from nodes.base import ROLE_LEADER, ROLE_STANDALONE, NodeSpec
 from nodes.docker import (
     DEVNET_COMPOSE,
     LABEL_BINARY,
@@ -33,7 +34,6 @@ from nodes.docker import (
     file_digest,
     shared_libraries,
 )
-from nodes.rpc import RpcClient
 from settings import Settings
 
 pytestmark = pytest.mark.docker

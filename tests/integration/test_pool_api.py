@@ -9,9 +9,9 @@ import pytest
 
 from app import create_app
 from errors import ConfigError
+from nodepool.registry import NodeControl, NodeRegistry
+from nodepool.rpc import RpcClient, to_int
 from nodes.manager import NodeManager, connect_redis
-from nodes.registry import NodeControl, NodeRegistry
-from nodes.rpc import RpcClient, to_int
 from tests.conftest import DB_FOUNDATION, fresh_redis, make_settings, redis_url
 
 

@@ -9,10 +9,10 @@ import psutil
 import pytest
 
 from errors import ConfigError, NodeStartError
+from nodepool.rpc import RpcClient, to_int
+from nodepool.spec import ROLE_LEADER
 from nodes.anvil import find_anvil
-from nodes.base import ROLE_LEADER
 from nodes.process import ProcessBackend, free_port
-from nodes.rpc import RpcClient, to_int
 from settings import DEV_TREASURY_KEY
 from tests.conftest import make_settings
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from nodes.events import recent_events
+from nodepool.events import recent_events
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient
+from nodepool.snapshot import status_overrides
 from nodes.manager import NodeManager
-from nodes.placement import status_overrides
-from nodes.pool import Pool
 from nodes.process import ProcessBackend
-from nodes.rpc import RpcClient
 from settings import ROOT
 from tasks.recycler import CURRENT_KEY, current_recycle
 from tests.conftest import DB_BALANCER, child_env, fresh_redis, make_settings, redis_url, stop_process

@@ -13,9 +13,9 @@ import redis
 from eth_account import Account
 
 from errors import NoHealthyNode
-from nodes.base import NodeSpec
+from nodepool.rpc import RpcClient, to_int
+from nodepool.spec import NodeSpec
 from nodes.process import ProcessBackend, free_port
-from nodes.rpc import RpcClient, to_int
 from settings import DEV_TREASURY_KEY, Settings
 from tests.conftest import fresh_redis
 from wallet.nonces import NonceManager, pool_pending_count

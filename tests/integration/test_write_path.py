@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
-from nodes.rpc import RpcClient, to_int
+from nodepool.rpc import RpcClient, to_int
 from tests.conftest import DB_WRITES
 from tests.stack import LocalStack, wait_task
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from balancer import TaskKind
 from errors import NodeUnreachable, NoHealthyNode, RpcError
-from nodes.placement import DispatchPaused, Placement
-from nodes.pool import Pool
-from nodes.traffic import Traffic
+from nodepool.placement import DispatchPaused, Placement
+from nodepool.pool import Pool
+from nodepool.traffic import Traffic
 
 
 class ReadClient:

@@ -10,7 +10,8 @@ from typing import Any
 import redis
 
 from errors import NodeError
-from nodes.base import NodeSpec
+from nodepool.codec import as_text
+from nodepool.spec import NodeSpec
 
 NODES_KEY = "esp:nodes"
 POOL_KEY = "esp:pool"
@@ -47,7 +48,7 @@ class NodeRegistry:
 
     def pool(self) -> dict[str, Any]:
         raw = self.redis.hgetall(POOL_KEY)
-        return {k.decode() if isinstance(k, bytes) else k: json.loads(v) for k, v in raw.items()}
+        return {as_text(k): json.loads(v) for k, v in raw.items()}
 
     def leader(self) -> NodeSpec | None:
         leader_id = self.pool().get("leader")

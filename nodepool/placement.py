@@ -11,7 +11,7 @@ Besides the snapshot, a Placement honours two live sources, re-read with it:
   "recycling"): such a node takes no new work even before the next snapshot shows
   it (the recycler waits two monitor intervals before it trusts a drained count,
   so every Placement has seen the override by then);
-- the node manager's sync status (``esp:devnet:sync``): with no snapshot, or a
+- the node manager's sync status (``nodepool.sync``): with no snapshot, or a
   stale one, routing falls back to the registered nodes the manager last saw
   answering and in step with the leader (see ``fallback_ids``), never to zones
   that are too old to trust.
@@ -27,12 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from balancer import (
-    STATUS_DRAINING,
-    STATUS_RECYCLING,
-    BalancerConfig,
     Choice,
     NoEligibleNode,
     PoolUnhealthy,
@@ -41,113 +36,16 @@ from balancer import (
     admits,
     is_stale,
     make_policy,
-    parse_weights,
     route,
 )
 from errors import NoHealthyNode
-from nodes.base import NodeSpec
-from nodes.devnet import STATUS_DIVERGED, STATUS_DOWN, STATUS_SYNCING, SYNC_KEY
-from nodes.pool import Pool
-from nodes.registry import NODES_KEY
-from nodes.traffic import Traffic
-from settings import Settings
-
-SNAPSHOT_KEY = "esp:snapshot"
-SNAPSHOT_HISTORY_KEY = "esp:snapshot:history"
-CALIBRATION_KEY = "esp:calibration"
-#: The recycler's overrides: node id -> "draining" | "recycling".
-NODE_STATUS_KEY = "esp:node-status"
-OVERRIDE_STATUSES = (STATUS_DRAINING, STATUS_RECYCLING)
-
-
-def balancer_config(settings: Settings) -> BalancerConfig:
-    """The BalancerConfig the ESP_BALANCER_* settings describe."""
-    common: dict[str, Any] = {
-        "latency_target_ms": settings.balancer_latency_target_ms,
-        "lag_scale": settings.balancer_lag_scale,
-        "inflight_scale": settings.balancer_inflight_scale,
-        "recycle_distance": settings.balancer_recycle_distance,
-        "dis_ave_min": float(settings.balancer_dis_ave_min) if settings.balancer_dis_ave_min else None,
-        "dis_ave_max": float(settings.balancer_dis_ave_max) if settings.balancer_dis_ave_max else None,
-    }
-    if settings.balancer_model == "thesis":
-        return BalancerConfig.thesis(**common)
-    return BalancerConfig(weights=parse_weights(settings.balancer_weights), **common)
-
-
-def load_snapshot(pool: Pool) -> Snapshot | None:
-    """The newest snapshot in Redis, or None."""
-    raw = pool.redis.get(SNAPSHOT_KEY)
-    return Snapshot.from_dict(json.loads(raw)) if raw else None
-
-
-def load_snapshot_document(client: redis.Redis) -> dict[str, Any] | None:
-    """The newest snapshot as stored: ``Snapshot.to_dict()`` plus the monitor's extra fields (role, sync, raw)."""
-    raw = client.get(SNAPSHOT_KEY)
-    return json.loads(raw) if raw else None
-
-
-# -- the recycler's status overrides ------------------------------------------------------
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def status_overrides(client: redis.Redis) -> dict[str, str]:
-    """Nodes the recycler has taken out of service: id -> "draining" or "recycling"."""
-    return {_text(k): _text(v) for k, v in (client.hgetall(NODE_STATUS_KEY) or {}).items()}
-
-
-def set_status_override(client: redis.Redis, node_id: str, status: str) -> None:
-    """Mark ``node_id`` draining or recycling: no new work goes to it until cleared."""
-    if status not in OVERRIDE_STATUSES:
-        raise ValueError(f"override status must be one of {', '.join(OVERRIDE_STATUSES)}, not {status!r}")
-    client.hset(NODE_STATUS_KEY, node_id, status)
-
-
-def clear_status_override(client: redis.Redis, node_id: str) -> None:
-    """Return ``node_id`` to the status its samples give it."""
-    client.hdel(NODE_STATUS_KEY, node_id)
-
-
-# -- the node manager's sync status -------------------------------------------------------
-
-
-def parse_sync_statuses(raw: Mapping[Any, Any] | None) -> dict[str, dict[str, Any]]:
-    """Decode the manager's ``esp:devnet:sync`` hash (node id -> JSON); bad entries are skipped."""
-    result: dict[str, dict[str, Any]] = {}
-    for key, value in (raw or {}).items():
-        try:
-            record = json.loads(value)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(record, dict):
-            result[_text(key)] = record
-    return result
-
-
-def sync_statuses(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """What the node manager last saw of each node's sync: status, head, leader_head (empty for static pools)."""
-    return parse_sync_statuses(client.hgetall(SYNC_KEY))
-
-
-def is_far_behind(record: Mapping[str, Any] | None, lag_scale: int) -> bool:
-    """True for a follower the manager reports syncing more than ``lag_scale`` blocks behind the leader.
-
-    Such a node answers but serves an old chain: it takes no work until it has
-    caught up (the manager reports "up" then).
-    """
-    if not record or record.get("status") != STATUS_SYNCING:
-        return False
-    head, leader_head = int(record.get("head", -1)), int(record.get("leader_head", -1))
-    return head < 0 or leader_head - head > lag_scale
-
-
-def is_sync_down(record: Mapping[str, Any] | None) -> bool:
-    """True when the manager reports the node down or diverged from the leader's chain."""
-    return record is not None and record.get("status") in (STATUS_DOWN, STATUS_DIVERGED)
-
+from nodepool.codec import as_text
+from nodepool.pool import Pool
+from nodepool.registry import NODES_KEY
+from nodepool.snapshot import NODE_STATUS_KEY, SNAPSHOT_KEY, balancer_config
+from nodepool.spec import NodeSpec
+from nodepool.sync import SYNC_KEY, is_far_behind, is_sync_down, parse_sync_statuses
+from nodepool.traffic import Traffic
 
 # -- placement ----------------------------------------------------------------------------
 
@@ -226,7 +124,7 @@ class Placement:
             raw_snapshot, raw_nodes, raw_overrides, raw_sync = pipe.execute()
             snapshot = Snapshot.from_dict(json.loads(raw_snapshot)) if raw_snapshot else None
             specs = {s.id: s for s in (NodeSpec.from_json(v) for v in (raw_nodes or {}).values())}
-            overrides = {_text(k): _text(v) for k, v in (raw_overrides or {}).items()}
+            overrides = {as_text(k): as_text(v) for k, v in (raw_overrides or {}).items()}
             view = PlacementView(snapshot, specs, overrides, parse_sync_statuses(raw_sync), fetched_at=time.monotonic())
             self._view = view
             return view

@@ -8,6 +8,8 @@ from typing import Any
 
 import redis
 
+from nodepool.codec import as_text
+
 EVENTS_KEY = "esp:events:nodes"
 MAX_EVENTS = 1000
 
@@ -22,9 +24,9 @@ def recent_events(client: redis.Redis, count: int = 100) -> list[dict[str, Any]]
     """The newest ``count`` events, newest first."""
     events = []
     for event_id, fields in client.xrevrange(EVENTS_KEY, count=count) or []:
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in (fields or {}).items()}
+        f = {as_text(k): as_text(v) for k, v in (fields or {}).items()}
         events.append({
-            "id": event_id.decode() if isinstance(event_id, bytes) else event_id,
+            "id": as_text(event_id),
             "kind": f.get("kind"),
             "node": f.get("node"),
             "at": float(f.get("at", 0)),

@@ -6,9 +6,9 @@ import threading
 
 import redis
 
-from nodes.base import NodeSpec
-from nodes.registry import NodeRegistry
-from nodes.rpc import RpcClient
+from nodepool.registry import NodeRegistry
+from nodepool.rpc import RpcClient
+from nodepool.spec import NodeSpec
 from settings import Settings
 
 
