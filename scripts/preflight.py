@@ -14,8 +14,8 @@ from errors import ConfigError, EspError
 
 def check() -> list[str]:
     """Run every check; return what the stack will listen on."""
+    from nodepool.spec import NodeSpec
     from nodes.anvil import find_anvil
-    from nodes.base import NodeSpec
     from nodes.manager import check_static_node, connect_redis
     from nodes.process import port_is_free
     from settings import Settings
