@@ -28,7 +28,8 @@ from eth_utils import to_checksum_address
 
 from nodepool.rpc import RpcClient, to_int
 from nodepool.spec import ROLE_FOLLOWER
-from nodes.devnet import BlockImporter, Devnet
+from nodes.devnet.devnet import Devnet
+from nodes.devnet.importer import BlockImporter
 from nodes.process import ProcessBackend
 from settings import ROOT, Settings
 

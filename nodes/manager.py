@@ -24,7 +24,7 @@ from nodepool.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
 from nodepool.rpc import RpcClient
 from nodepool.spec import NodeSpec
 from nodes import make_backend
-from nodes.devnet import Devnet
+from nodes.devnet.devnet import Devnet
 from settings import Settings
 
 log = logging.getLogger(__name__)

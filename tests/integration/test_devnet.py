@@ -30,7 +30,9 @@ from nodepool.rpc import RpcClient, to_int
 from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER
 from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCED
 from nodes.base import NodeBackend
-from nodes.devnet import LEADER_GRACE, BlockImporter, Devnet
+from nodes.devnet.devnet import Devnet
+from nodes.devnet.handover import LEADER_GRACE, resend_blocks_above, settled_head
+from nodes.devnet.importer import BlockImporter
 from nodes.process import ProcessBackend
 from settings import Settings
 from tests.conftest import fresh_redis, make_settings
@@ -777,15 +779,13 @@ def test_status_survives_a_round_trip_through_redis(make_devnet: DevnetFactory, 
 
 def test_transactions_of_a_block_mined_after_the_hand_over_point_go_back_to_a_pool(process_backend) -> None:
     """The backstop of hand_over: a block the old leader mined that its successor never imported is not lost."""
-    from nodes.devnet import _resend_blocks_above, _settled_head
-
     old = RpcClient(process_backend.start("old", role=ROLE_LEADER).url)  # automine (ESP_BLOCK_TIME=0)
     new = RpcClient(process_backend.start("new", role=ROLE_FOLLOWER).url)  # same genesis, no mining
     transfers = Signer().transfers(5, senders=[0])
     hashes = [old.call("eth_sendRawTransaction", [t.raw]) for t in transfers]
     wait_receipts(old, hashes)
-    assert _settled_head(old, settle=0.05) >= 1 and to_int(new.call("eth_blockNumber")) == 0
-    assert _resend_blocks_above(old, new, 0) == 5
+    assert settled_head(old, settle=0.05) >= 1 and to_int(new.call("eth_blockNumber")) == 0
+    assert resend_blocks_above(old, new, 0) == 5
     new.call("evm_mine")
     assert [r["status"] for r in wait_receipts(new, hashes, timeout=10)] == ["0x1"] * 5
-    assert _resend_blocks_above(old, new, to_int(old.call("eth_blockNumber"))) == 0
+    assert resend_blocks_above(old, new, to_int(old.call("eth_blockNumber"))) == 0
