@@ -22,7 +22,7 @@ def make_backend(settings: Settings) -> NodeBackend:
 
         return StaticBackend(settings.node_urls, timeout=settings.probe_timeout)
     if settings.node_backend == "docker":
-        from nodes.docker import DockerBackend
+        from nodes.docker.backend import DockerBackend
 
         return DockerBackend(settings)
     raise ConfigError(f"unknown ESP_NODE_BACKEND {settings.node_backend!r}")

@@ -151,7 +151,7 @@ class ResourceSampler:
 
                 return ProcessBackend(self.settings)
             if name == "docker":
-                from nodes.docker import DockerBackend
+                from nodes.docker.backend import DockerBackend
 
                 return DockerBackend(self.settings)
         except EspError as exc:

@@ -201,7 +201,7 @@ def find_engine() -> tuple[str | None, str]:
     import docker.errors
     import requests.exceptions
 
-    from nodes.docker import unix_socket_problem
+    from nodes.docker.engine import unix_socket_problem
 
     tried = []
     for url in _engine_candidates():

@@ -346,7 +346,7 @@ def make_devnet(backend_kind: str, tmp_path: Path, redis_db: redis.Redis, reques
             engine = request.getfixturevalue("docker_engine")
             values["ESP_DOCKER_HOST"] = engine
             settings = make_settings(tmp_path / f"devnet-{len(made)}", **values)
-            from nodes.docker import DockerBackend
+            from nodes.docker.backend import DockerBackend
 
             backend = DockerBackend(settings, docker_host=engine, name_prefix=f"espdev-{uuid.uuid4().hex[:8]}-")
             cleanups.append(functools.partial(_sweep_containers, settings, engine))
@@ -369,7 +369,7 @@ def _sweep_containers(settings: Settings, engine: str) -> None:
     """Remove any container of this test's run that a failure left behind."""
     import docker
 
-    from nodes.docker import LABEL_RUN
+    from nodes.docker.backend import LABEL_RUN
 
     client = docker.DockerClient(base_url=engine, timeout=30)
     try:

@@ -23,17 +23,8 @@ from errors import ConfigError, NodeStartError
 from nodepool.rpc import RpcClient
 from nodepool.spec import ROLE_LEADER, ROLE_STANDALONE, NodeSpec
 from nodes.anvil import find_anvil
-from nodes.docker import (
-    DEVNET_COMPOSE,
-    LABEL_BINARY,
-    LABEL_NODE,
-    LABEL_RUN,
-    DockerBackend,
-    build_image,
-    devnet_compose,
-    file_digest,
-    shared_libraries,
-)
+from nodes.docker.backend import LABEL_NODE, LABEL_RUN, DockerBackend
+from nodes.docker.image import LABEL_BINARY, build_image, file_digest, shared_libraries
 from settings import Settings
 
 pytestmark = pytest.mark.docker
@@ -118,13 +109,6 @@ def _load(spec: NodeSpec, seconds: float) -> int:
 def test_unreachable_engine_is_one_clear_line(settings: Settings) -> None:
     with pytest.raises(ConfigError, match=r"no container engine answers at unix:///nonexistent/esp\.sock: run scripts/dockerd\.sh start"):
         DockerBackend(settings, docker_host="unix:///nonexistent/esp.sock")
-
-
-def test_devnet_compose_file_is_generated_from_anvil_args() -> None:
-    # compose/devnet.yml must start its nodes exactly as the backends do (same genesis, order, mining flags).
-    assert DEVNET_COMPOSE.read_text() == devnet_compose(Settings.from_env({})), (
-        "compose/devnet.yml is stale: run .venv/bin/python -m nodes.docker compose-devnet > compose/devnet.yml"
-    )
 
 
 def test_image_is_built_from_scratch_with_the_local_anvil(settings: Settings, engine_client: docker.DockerClient) -> None:
