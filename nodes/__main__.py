@@ -6,16 +6,14 @@ import logging
 import sys
 
 from errors import ConfigError, NodeError
+from nodes.manager import main
+from settings import Settings
 
 
 def run() -> int:
-    from settings import Settings
-
     try:
         settings = Settings.from_env()
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from nodes.manager import main
-
         return main(settings)
     except (ConfigError, NodeError) as exc:
         print(f"nodes: {exc}", file=sys.stderr)

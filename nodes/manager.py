@@ -20,11 +20,13 @@ from typing import Any
 import redis
 
 from errors import ConfigError, EspError, NodeError, NodeUnreachable, RpcError
+from nodepool.events import record_event
 from nodepool.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
 from nodepool.rpc import RpcClient
 from nodepool.spec import NodeSpec
 from nodes import make_backend
 from nodes.devnet.devnet import Devnet
+from nodes.static import StaticBackend
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,6 @@ class NodeManager:
         self.registry.clear()
         self.redis.delete(COMMANDS_KEY)
         if not self.backend.manages:
-            from nodes.static import StaticBackend
-
             assert isinstance(self.backend, StaticBackend)
             specs = self.backend.specs()
             chain_ids = {check_static_node(spec, timeout=self.settings.probe_timeout * 3) for spec in specs}
@@ -175,8 +175,6 @@ class NodeManager:
         self.registry.clear()
 
     def _event(self, kind: str, node_id: str, **data: Any) -> None:
-        from nodepool.events import record_event
-
         record_event(self.redis, kind, node_id, **data)
 
 

@@ -10,6 +10,7 @@ balances. Container variants skip only when no engine answers (fail instead with
 from __future__ import annotations
 
 import functools
+import json
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 import redis
 from eth_account import Account
@@ -33,6 +35,7 @@ from nodes.base import NodeBackend
 from nodes.devnet.devnet import Devnet
 from nodes.devnet.handover import LEADER_GRACE, resend_blocks_above, settled_head
 from nodes.devnet.importer import BlockImporter
+from nodes.docker.backend import LABEL_RUN, DockerBackend
 from nodes.process import ProcessBackend
 from settings import Settings
 from tests.conftest import fresh_redis, make_settings
@@ -346,8 +349,6 @@ def make_devnet(backend_kind: str, tmp_path: Path, redis_db: redis.Redis, reques
             engine = request.getfixturevalue("docker_engine")
             values["ESP_DOCKER_HOST"] = engine
             settings = make_settings(tmp_path / f"devnet-{len(made)}", **values)
-            from nodes.docker.backend import DockerBackend
-
             backend = DockerBackend(settings, docker_host=engine, name_prefix=f"espdev-{uuid.uuid4().hex[:8]}-")
             cleanups.append(functools.partial(_sweep_containers, settings, engine))
         else:
@@ -367,10 +368,6 @@ def make_devnet(backend_kind: str, tmp_path: Path, redis_db: redis.Redis, reques
 
 def _sweep_containers(settings: Settings, engine: str) -> None:
     """Remove any container of this test's run that a failure left behind."""
-    import docker
-
-    from nodes.docker.backend import LABEL_RUN
-
     client = docker.DockerClient(base_url=engine, timeout=30)
     try:
         for container in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={settings.run_dir.resolve()}"}):
@@ -764,8 +761,6 @@ def test_a_restart_reports_ready_only_when_caught_up(make_devnet: DevnetFactory,
 
 
 def test_status_survives_a_round_trip_through_redis(make_devnet: DevnetFactory, redis_db: redis.Redis) -> None:
-    import json
-
     devnet = make_devnet(2, block_time="0")
     devnet.client("node-0").call("evm_mine")
     wait_for(lambda: devnet.status()["node-1"].head == 1, timeout=10, what="node-1 to import block 1")

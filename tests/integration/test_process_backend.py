@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import psutil
 import pytest
+from eth_account import Account
 
 from errors import ConfigError, NodeStartError
 from nodepool.rpc import RpcClient, to_int
 from nodepool.spec import ROLE_LEADER
 from nodes.anvil import find_anvil
 from nodes.process import ProcessBackend, free_port
-from settings import DEV_TREASURY_KEY
+from settings import DEV_TREASURY_KEY, ROOT
 from tests.conftest import make_settings
 
 
@@ -29,8 +32,6 @@ def test_start_answers_and_reports_state(process_backend):
 
 
 def test_cpu_rises_under_real_load(process_backend):
-    from eth_account import Account
-
     spec = process_backend.start("node-0", role=ROLE_LEADER)
     client = RpcClient(spec.url)
     process_backend.stats(spec)  # prime the CPU counter
@@ -84,16 +85,11 @@ def test_missing_anvil_is_a_clear_error(tmp_path):
 
 def test_nodes_die_with_their_owner(tmp_path, anvil_binary):
     """A node's parent dying (even by SIGKILL) takes the node down: no orphan anvils."""
-    import subprocess
-    import sys
-
     code = (
         "from nodes.process import ProcessBackend; from settings import Settings; import sys, time;"
         f"b = ProcessBackend(Settings.from_env({{'ESP_RUN_DIR': {str(tmp_path)!r}}}));"
         "s = b.start('node-0', role='leader'); print(s.pid, flush=True); time.sleep(60)"
     )
-    from settings import ROOT
-
     with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE) as owner:
         assert owner.stdout is not None
         node = psutil.Process(int(owner.stdout.readline()))
