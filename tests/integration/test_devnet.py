@@ -483,7 +483,7 @@ def test_transaction_sent_to_a_follower_is_mined_by_the_leader_only(make_devnet:
     wait_for(lambda: {t0.tx_hash, t1.tx_hash, t2.tx_hash} <= leader_pool(), timeout=5, what="the leader's pool to get the gossip")
     # Gossiped, and dropped where it arrived: the follower does not keep a pending copy of its own.
     wait_for(lambda: to_int(f1.call("txpool_status")["pending"]) == 0, timeout=5, what="node-1's pool to drop the forwarded tx")
-    time.sleep(1.0)
+    time.sleep(1.0)  # the window under test: a second in which the leader mines nothing, nor may a follower
     for client in (f1, f2):
         assert to_int(client.call("eth_blockNumber")) == head, "a follower mined on its own"
         assert client.call("eth_getTransactionReceipt", [t0.tx_hash]) is None
@@ -592,8 +592,11 @@ def test_follower_killed_mid_run_comes_back_caught_up(make_devnet: DevnetFactory
     killed_at = time.monotonic()
     devnet.stop_node("node-2")  # a crash: no drain, no warning
     assert devnet.status()["node-2"].status == SYNC_STOPPED
-    time.sleep(1.5)  # the chain moves on without it (6 blocks at 0.25 s)
-    leader_head = to_int(devnet.client("node-0").call("eth_blockNumber"))
+    leader = devnet.client("node-0")
+    head_at_crash = to_int(leader.call("eth_blockNumber"))
+    # The chain moves on without it: 6 blocks (1.5 s at 0.25 s).
+    wait_for(lambda: to_int(leader.call("eth_blockNumber")) >= head_at_crash + 6, timeout=30, what="the leader to mine 6 blocks")
+    leader_head = to_int(leader.call("eth_blockNumber"))
     started = time.monotonic()
     spec = devnet.restart("node-2")
     caught_up = time.monotonic() - started

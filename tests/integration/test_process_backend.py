@@ -35,7 +35,7 @@ def test_cpu_rises_under_real_load(process_backend):
     spec = process_backend.start("node-0", role=ROLE_LEADER)
     client = RpcClient(spec.url)
     process_backend.stats(spec)  # prime the CPU counter
-    time.sleep(0.5)
+    time.sleep(0.5)  # the idle window measured: no load for half a second
     idle = process_backend.stats(spec).cpu
     acct = Account.from_key(DEV_TREASURY_KEY)
     deadline = time.monotonic() + 2.0
