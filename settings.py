@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from limits import parse_many
 
+from balancer import POLICY_NAMES
 from errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -93,7 +95,7 @@ class Settings:
     nonce_lease_seconds: int = _setting("ESP_NONCE_LEASE_SECONDS", 120, "seconds a task holds a nonce it has not broadcast yet")
     confirmations: int = _setting("ESP_CONFIRMATIONS", 1, "blocks (including its own) before a transaction counts as confirmed")
     tx_deadline: float = _setting("ESP_TX_DEADLINE", 60.0, "seconds a broadcast transaction may wait to be mined")
-    tx_deadline_action: str = _setting("ESP_TX_DEADLINE_ACTION", "replace", "replace (same nonce, fees +12.5%) or report a transaction past its deadline")
+    tx_deadline_action: str = _setting("ESP_TX_DEADLINE_ACTION", "replace", "replace (same nonce, both fee caps +15%) or report a transaction past its deadline")
     receipt_interval: float = _setting("ESP_RECEIPT_INTERVAL", 0.5, "seconds between two receipt checks of broadcast transactions")
     funding_wei: int = _setting("ESP_FUNDING_WEI", 10**18, "gas money the treasury sends each new account, in wei")
     result_expires: int = _setting("ESP_RESULT_EXPIRES", 86400, "seconds task results are kept")
@@ -155,8 +157,6 @@ class Settings:
                             ("ESP_PROBE_TIMEOUT", self.probe_timeout), ("ESP_DOCKER_TIMEOUT", self.docker_timeout)):
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, not {value}")
-        from balancer import POLICY_NAMES
-
         if self.balancer_policy not in POLICY_NAMES:
             raise ConfigError(f"ESP_BALANCER_POLICY must be one of {', '.join(POLICY_NAMES)}, not {self.balancer_policy!r}")
         if self.balancer_model not in ("esp", "thesis"):
@@ -266,6 +266,4 @@ def _parse(name: str, annotation: Any, raw: str) -> Any:
 def _read_dotenv(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
-    from dotenv import dotenv_values
-
     return {k: v for k, v in dotenv_values(path).items() if v is not None and k.startswith("ESP_")}

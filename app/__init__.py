@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from celery import Celery
 from flask import Flask
 
+from app import (
+    accounts,
+    auth,
+    chain,
+    contracts_api,
+    errors,
+    events,
+    guards,
+    health,
+    keys_api,
+    metrics,
+    mining,
+    nodes,
+    openapi,
+    projects,
+    tasks_api,
+    thesis,
+    token,
+    validation,
+)
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
 from nodepool.pool import Pool
 from settings import Settings
+from tasks.app import make_celery
 from wallet.kdf import KdfGate
 
 
@@ -23,30 +43,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["esp.pool"] = pool
     app.extensions["esp.placement"] = placement = Placement(pool)
     app.extensions["esp.reader"] = ReadClient(pool, placement)
-    app.extensions["esp.celery"] = make_celery(settings)
+    app.extensions["esp.celery"] = make_celery(settings, name="esp-api", current=False)
     # One per process: every keystore this app builds shares the bound on password KDFs.
     app.extensions["esp.kdf_gate"] = KdfGate(settings.kdf_concurrency, settings.kdf_queue)
-
-    from app import (
-        accounts,
-        auth,
-        chain,
-        contracts_api,
-        errors,
-        events,
-        guards,
-        health,
-        keys_api,
-        metrics,
-        mining,
-        nodes,
-        openapi,
-        projects,
-        tasks_api,
-        thesis,
-        token,
-        validation,
-    )
 
     errors.register(app)
     guards.install_guards(app, settings)  # first: a password in a URL is refused before anything reads it
@@ -59,14 +58,3 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app
-
-
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app that publishes to the broker ``settings`` name, with ESP's routing."""
-    import celeryconfig
-    import tasks.writes  # noqa: F401 - registers the write operations and their task classes
-
-    celery = Celery("esp-api", set_as_current=False)
-    celery.conf.update(celeryconfig.from_settings(settings))
-    celery.finalize(auto=True)  # binds the shared write tasks, whose class the router reads
-    return celery

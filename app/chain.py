@@ -14,8 +14,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.context import reader
-from app.validation import MAX_BLOCK_NUMBER, tx_hash
 from errors import NotFound, RpcError, ValidationError
+from services.fields import MAX_BLOCK_NUMBER, tx_hash
 
 bp = Blueprint("chain", __name__, url_prefix="/api/v1/chain")
 

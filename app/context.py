@@ -1,4 +1,8 @@
-"""Accessors for what create_app() put on the app."""
+"""Accessors for what create_app() put on the app, and the services a request works with.
+
+The services (``services.*``) are built for the request's caller (``g.caller``, set by
+``app.auth``) and its Idempotency-Key; views call them and render what they return.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,22 @@ from functools import cache
 
 from celery import Celery
 from eth_account import Account
-from flask import current_app
+from flask import current_app, g, request
 
-from access.keys import ApiKeyStore
+from access.keys import ApiKeyStore, Caller
 from access.owners import Owners
+from access.policy import require_caller
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
 from nodepool.pool import Pool
+from services.accounts import Accounts
+from services.files import FileStore
+from services.market import Market
+from services.records import TaskStore
+from services.submit import Submitter
+from services.views import PlatformViews
 from settings import Settings
-from tasks.status import TaskStore
+from tasks.writes import enqueue_on
 from wallet.kdf import KdfGate
 from wallet.keystore import Keystore
 from wallet.unlock import UnlockStore
@@ -84,3 +95,38 @@ def treasury_address() -> str:
 @cache
 def _address_of(private_key: str) -> str:
     return str(Account.from_key(private_key).address)
+
+
+# -- the services of this request ------------------------------------------------------------------
+
+
+def caller() -> Caller:
+    """The request's caller; Unauthorized (401) when it carries no key."""
+    return require_caller(g.get("caller"))
+
+
+def submitter() -> Submitter:
+    """Writes of this request's caller, with its Idempotency-Key, enqueued through the app's Celery tasks."""
+    return Submitter(task_store(), pool().redis, enqueue_on(celery()), settings().secret_key, caller(),
+                     request.headers.get("Idempotency-Key"))
+
+
+def accounts() -> Accounts:
+    """ESP's accounts as this request's caller may use them."""
+    return Accounts(caller(), keystore(), unlock_store(), owners(), submitter(), treasury_address(), settings().funding_wei)
+
+
+def views() -> PlatformViews:
+    """The platform's addresses and contract views (no key needed: public chain data)."""
+    return PlatformViews(reader(), pool().redis)
+
+
+def files() -> FileStore:
+    """The project files' folder."""
+    s = settings()
+    return FileStore(s.files_dir, max_mb=s.max_file_mb)
+
+
+def market() -> Market:
+    """The platform as this request's caller may use it."""
+    return Market(accounts(), views(), files(), settings())

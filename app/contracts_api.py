@@ -18,8 +18,8 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import admin_required
-from app.business import submit_deploy
-from app.platform import platform_addresses
+from app.context import market, views
+from app.submit import accepted
 from app.validation import json_body
 from contracts import PLATFORM_CONTRACTS, artifact_names
 
@@ -30,11 +30,11 @@ bp = Blueprint("contracts", __name__, url_prefix="/api/v1/contracts")
 @admin_required
 def deploy() -> tuple[Response, int]:
     """Deploy the platform, a platform contract by name, or any contract from {abi, bytecode, args} (admin); 202."""
-    return submit_deploy(json_body(request))
+    return accepted(market().deploy(json_body(request)))
 
 
 @bp.get("")
 def list_contracts() -> Response:
     """The deployed platform (addresses, chain id, deploy block) and the contracts that can be deployed by name."""
-    return jsonify({"platform": platform_addresses(), "platform_contracts": list(PLATFORM_CONTRACTS),
+    return jsonify({"platform": views().platform_addresses(), "platform_contracts": list(PLATFORM_CONTRACTS),
                     "artifacts": ["platform", *artifact_names()]})

@@ -25,11 +25,11 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.context import pool, reader
-from app.platform import require_platform
-from app.validation import MAX_BLOCK_NUMBER, address, integer
+from app.context import pool, reader, views
 from contracts.abi import DecodedLog, platform_decoder
-from errors import NodeUnreachable, NoHealthyNode, ValidationError
+from errors import NodeUnreachable, ValidationError
+from nodepool.failover import first_answer
+from services.fields import MAX_BLOCK_NUMBER, address, integer
 
 bp = Blueprint("events", __name__, url_prefix="/api/v1/events")
 
@@ -119,21 +119,18 @@ def read_logs(first: int, last: int, addresses: list[str], topics: list[Any]) ->
     The logs come from the node whose head was just read (through the reader), so a
     follower a block behind cannot make the cursor skip a block it did not have yet.
     """
-    failures = []
-    for _ in range(3):
+    def attempt(_: int) -> tuple[list[dict[str, Any]], int]:
         head, node_id = reader().call_with_node("eth_blockNumber", [])
         upto = min(last, int(head, 16))
         if upto < first:
             return [], first - 1
         spec = pool().registry.get(node_id)
         if spec is None:
-            continue
+            raise NodeUnreachable(f"{node_id} left the pool", node_id=node_id)
         query = {"fromBlock": hex(first), "toBlock": hex(upto), "address": addresses, "topics": topics}
-        try:
-            return pool().rpc(spec).call("eth_getLogs", [query]) or [], upto
-        except NodeUnreachable as exc:
-            failures.append(str(exc))
-    raise NoHealthyNode(f"no node answered eth_getLogs: {'; '.join(failures) or 'nodes left the pool'}")
+        return pool().rpc(spec).call("eth_getLogs", [query]) or [], upto
+
+    return first_answer(range(3), attempt, what="eth_getLogs")[1]
 
 
 @bp.get("")
@@ -145,7 +142,7 @@ def list_events() -> Response:
     limit = integer(request.args.get("limit", "50"), "limit", low=1, high=MAX_LIMIT)
     if project is not None:
         types = [t for t in types if TYPES[t][1] == "ProjectMarket"]
-    record = require_platform()
+    record = views().require_platform()
     deployment = str(record.get("deploy_tx") or record["ProjectMarket"])
     after = decode_cursor(request.args["cursor"], deployment) if request.args.get("cursor") else (int(record.get("deploy_block") or 0), -1)
     head = int(reader().call("eth_blockNumber", []), 16)

@@ -11,7 +11,8 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from access.keys import USER, ApiKey, check_name, check_role
 from app.auth import admin_required
 from app.context import key_store
-from app.validation import json_body, required
+from app.validation import json_body
+from services.fields import required
 
 bp = Blueprint("keys", __name__, url_prefix="/api/v1/keys")
 

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from flask import Blueprint, Response
 
 from app.context import pool, settings
-from celeryconfig import QUEUES
 from nodepool.snapshot import load_snapshot
-from tasks.receipts import ReceiptWatch
+from services.watch import ReceiptWatch
+from tasks.routing import QUEUES
 
 bp = Blueprint("metrics", __name__)
 

@@ -23,11 +23,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.context import pool, settings
-from app.validation import integer
 from nodepool.events import recent_events
 from nodepool.snapshot import SNAPSHOT_HISTORY_KEY, load_snapshot_document
 from nodepool.spec import NodeSpec
 from nodepool.traffic import Traffic
+from services.fields import integer
 
 bp = Blueprint("nodes", __name__, url_prefix="/api/v1/nodes")
 

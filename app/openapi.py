@@ -18,14 +18,14 @@ from flask import Blueprint, Response, jsonify
 from app.chain import BLOCK_PATTERN
 from app.context import settings
 from app.events import MAX_CURSOR_CHARS, MAX_LIMIT, MAX_PROJECT_ID, TYPES
-from app.mining import ACTIONS, MAX_BLOCK_TIME
 from app.nodes import MAX_EVENTS, MAX_HISTORY
 from app.projects import MAX_ID, MAX_PAGE
 from app.tasks_api import MAX_WAIT
-from app.validation import MAX_DIGITS, MAX_UINT256
 from contracts import artifact_names
-from tasks.idempotency import MAX_KEY_LENGTH
-from tasks.status import STATES
+from services.fields import MAX_DIGITS, MAX_UINT256
+from services.idempotency import MAX_KEY_LENGTH
+from services.mining import ACTIONS, MAX_BLOCK_TIME
+from services.records import STATES
 from wallet.keystore import MAX_PASSWORD_CHARS
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")

@@ -24,20 +24,11 @@ from flask import Blueprint, Response, jsonify, request, send_file
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.auth import key_required
-from app.business import (
-    bind_upload,
-    check_download,
-    check_publish_fields,
-    max_file_bytes,
-    store_file,
-    submit_buy,
-    submit_publish,
-    submit_record_download,
-    submit_record_view,
-)
-from app.platform import get_project, has_bought, market_settings, project_count, require_platform
-from app.validation import address, integer, json_body, required
+from app.context import files, market, views
+from app.submit import accepted
+from app.validation import json_body
 from errors import ValidationError
+from services.fields import address, amount, integer, project_name, required
 
 bp = Blueprint("projects", __name__, url_prefix="/api/v1/projects")
 
@@ -52,9 +43,19 @@ def project_id(raw: str, field: str = "id") -> int:
     return integer(raw, field, low=1, high=MAX_ID)
 
 
+def publish_fields(data: dict[str, Any], *, names: tuple[str, str, str] = ("publisher", "name", "price")) -> tuple[str, str, int]:
+    """A publish request's publisher, name and price, and that the caller may sign as the publisher, before any file is stored."""
+    publisher_field, name_field, price_field = names
+    publisher = address(required(data, publisher_field), publisher_field)
+    name = project_name(required(data, name_field), name_field)
+    price = amount(required(data, price_field), price_field)
+    market().check_publisher(publisher, publisher_field)
+    return publisher, name, price
+
+
 def upload_form() -> tuple[Any, Any]:
     """The request's form and files, refusing (413 naming ``file``) a body too large for ESP_MAX_FILE_MB."""
-    limit = max_file_bytes()
+    limit = files().max_bytes
     too_large = ValidationError("file", f"is larger than {limit // (1024 * 1024)} MiB (ESP_MAX_FILE_MB)", status=413)
     if request.content_length is not None and request.content_length > limit + FORM_OVERHEAD:
         raise too_large  # refused before the body is read
@@ -71,14 +72,15 @@ def publish() -> tuple[Response, int]:
     """Publish a project (multipart: publisher, name, price, file); 202 with the task (result: project_id)."""
     if not request.mimetype.startswith("multipart/form-data"):
         raise ValidationError("body", "must be multipart/form-data with publisher, name, price and file", status=415)
-    form, files = upload_form()
-    publisher, name, price = check_publish_fields(form.to_dict())
-    upload = files.get("file")
+    form, uploads = upload_form()
+    publisher, name, price = publish_fields(form.to_dict())
+    upload = uploads.get("file")
     if upload is None:
         raise ValidationError("file", "is required (a multipart file part named 'file')")
-    digest, size = store_file(upload.stream)
-    bind_upload(digest, publisher)
-    return submit_publish(publisher, name, price, digest, extra={"file_size": size})
+    platform = market()
+    digest, size = platform.files.store(upload.stream)
+    platform.bind_upload(digest, publisher)
+    return accepted(platform.publish(publisher, name, price, digest, extra={"file_size": size}))
 
 
 @bp.get("")
@@ -86,12 +88,13 @@ def list_projects() -> Response:
     """Projects by id (``?offset=`` first id, default 1; ``?limit=`` up to 100), with the market's reward and fee."""
     offset = integer(request.args.get("offset", "1"), "offset", low=1, high=MAX_ID)
     limit = integer(request.args.get("limit", "50"), "limit", low=1, high=MAX_PAGE)
-    require_platform()
-    count = project_count()
+    platform = views()
+    platform.require_platform()
+    count = platform.project_count()
     last = min(count, offset + limit - 1)
-    projects = [get_project(i).public() for i in range(offset, last + 1)]
+    projects = [platform.get_project(i).public() for i in range(offset, last + 1)]
     body: dict[str, Any] = {"projects": projects, "count": count, "offset": offset, "limit": limit,
-                            "next_offset": last + 1 if last < count else None, **market_settings()}
+                            "next_offset": last + 1 if last < count else None, **platform.market_settings()}
     return jsonify(body)
 
 
@@ -101,11 +104,12 @@ def summary(pid: str) -> Response:
     ident = project_id(pid)
     raw = request.args.get("account")
     account = address(raw, "account") if raw is not None else None
-    body = get_project(ident).public()
+    platform = views()
+    body = platform.get_project(ident).public()
     if account is not None:
         body["account"] = account
-        body["bought"] = has_bought(ident, account)
-        body["view_task"] = submit_record_view(ident, account)
+        body["bought"] = platform.has_bought(ident, account)
+        body["view_task"] = market().record_view(ident, account).record.id
     return jsonify(body)
 
 
@@ -116,7 +120,7 @@ def buy(pid: str) -> tuple[Response, int]:
     ident = project_id(pid)
     data = json_body(request)
     buyer = address(required(data, "buyer"), "buyer")
-    return submit_buy(buyer, ident)
+    return accepted(market().buy(buyer, ident))
 
 
 @bp.get("/<pid>/file")
@@ -125,8 +129,9 @@ def download(pid: str) -> Response:
     """The project's file for its publisher or a buyer (``?account=``); the download is recorded on chain."""
     ident = project_id(pid)
     account = address(required(request.args.to_dict(), "account"), "account")
-    path = check_download(ident, account)
-    task_id = submit_record_download(ident, account)
+    platform = market()
+    path = platform.check_download(ident, account)
+    task_id = platform.record_download(ident, account).record.id
     response = send_file(path, mimetype="application/octet-stream", as_attachment=True,
                          download_name=f"project-{ident}-{path.name[:16]}", etag="0x" + path.name, max_age=0)
     response.headers["ESP-Record-Task"] = task_id

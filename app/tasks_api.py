@@ -6,8 +6,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from app.auth import require_caller
 from app.context import task_store
-from app.validation import integer
 from errors import Forbidden
+from services.fields import integer
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 

@@ -58,27 +58,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.accounts import submit_create_account, unlock, visible_accounts
-from app.auth import check_admin, key_required, require_caller
-from app.business import (
-    bind_upload,
-    check_hash_only_publish,
-    check_publish_fields,
-    file_hash,
-    project_name,
-    store_file,
-    submit_buy,
-    submit_deploy,
-    submit_publish,
-    submit_token_change,
-    submit_token_transfer,
-)
+from app.auth import check_admin, key_required
 from app.chain import read_block, read_receipt, read_transaction, transaction_count
-from app.context import pool, reader, settings, task_store, treasury_address
-from app.platform import find_project, require_platform, token_balance, token_summary
-from app.projects import upload_form
-from app.validation import address, amount, integer, json_body, json_text, required
+from app.context import accounts, market, pool, reader, settings, task_store, views
+from app.projects import publish_fields, upload_form
+from app.validation import json_body, json_text
 from errors import NodeError, ValidationError
+from services.fields import address, amount, file_hash, integer, project_name, required
+from services.submit import Submitted
 from wallet.keystore import check_password
 
 bp = Blueprint("thesis", __name__)
@@ -127,11 +114,11 @@ def wait_param(p: dict[str, Any]) -> int:
     return integer(p.get("wait", 0), "wait", low=0, high=MAX_WAIT)
 
 
-def task_result(submitted: tuple[Response, int], wait: int, **extra: Any) -> tuple[Response, int]:
+def task_result(submitted: Submitted, wait: int, **extra: Any) -> tuple[Response, int]:
     """A write's BaseResult: the task record, after waiting up to ``wait`` seconds when asked."""
-    record = submitted[0].get_json()
+    record = submitted.record.public()
     if wait:
-        record = task_store().wait(record["id"], wait).public()
+        record = task_store().wait(submitted.record.id, wait).public()
     data = {**record, **extra}
     if record["state"] == "failed":
         error = record.get("error") or {}
@@ -168,7 +155,7 @@ def contract_deploy() -> tuple[Response, int]:
     for key in ("abi", "args"):
         if isinstance(body[key], str):  # a form field carrying JSON
             body[key] = json_text(body[key], key)
-    return task_result(submit_deploy({k: v for k, v in body.items() if v is not None and v != ""}, name_field="contract"), wait)
+    return task_result(market().deploy({k: v for k, v in body.items() if v is not None and v != ""}, name_field="contract"), wait)
 
 
 @write("/admin/new")
@@ -177,8 +164,8 @@ def admin_new() -> tuple[Response, int]:
     p = params()
     password = check_password(required(p, "password"))
     wait = wait_param(p)
-    submitted = submit_create_account(password)
-    return task_result(submitted, wait, address=submitted[0].get_json()["params"]["address"])
+    submitted = accounts().create(password)
+    return task_result(submitted, wait, address=submitted.record.params["address"])
 
 
 @write("/admin/unlock")
@@ -188,7 +175,7 @@ def admin_unlock() -> tuple[Response, int]:
     account = address(required(p, "address"), "address")
     password = check_password(required(p, "password"))
     seconds = integer(p.get("seconds", DEFAULT_UNLOCK_SECONDS), "seconds", low=1, high=86400)
-    unlock(account, password, seconds)
+    accounts().unlock(account, password, seconds)
     return result({"address": account, "unlocked": True, "seconds": seconds})
 
 
@@ -198,7 +185,7 @@ def _token_change(change: str) -> tuple[Response, int]:
     account = address(required(p, "address"), "address")
     value = amount(required(p, "value"), "value")
     wait = wait_param(p)
-    return task_result(submit_token_change(change, account, value), wait, address=account)
+    return task_result(market().token_change(change, account, value), wait, address=account)
 
 
 @write("/token/add")
@@ -227,7 +214,7 @@ def token_transfer() -> tuple[Response, int]:
     to = address(required(p, "to"), "to")
     value = amount(required(p, "value"), "value")
     wait = wait_param(p)
-    return task_result(submit_token_transfer(sender, to, value), wait)
+    return task_result(market().token_transfer(sender, to, value), wait)
 
 
 @write("/token/publish")
@@ -240,18 +227,19 @@ def token_publish() -> tuple[Response, int]:
     p = params()
     p.setdefault("value", "0")
     wait = wait_param(p)
-    publisher, name, price = check_publish_fields(p, names=("address", "projectName", "value"))
+    publisher, name, price = publish_fields(p, names=("address", "projectName", "value"))
+    platform = market()
     upload = request.files.get("file")
     if upload is not None:
         claimed = file_hash(p["projectHash"], "projectHash") if p.get("projectHash") else None
-        digest, _ = store_file(upload.stream)
+        digest, _ = platform.files.store(upload.stream)
         if claimed is not None and claimed != digest:
             raise ValidationError("projectHash", f"does not match the uploaded file's SHA-256 ({digest})")
-        bind_upload(digest, publisher)
+        platform.bind_upload(digest, publisher)
     else:
         digest = file_hash(required(p, "projectHash"), "projectHash")
-        check_hash_only_publish(digest, publisher, "projectHash")
-    submitted = submit_publish(publisher, name, price, digest, extra={"time": p["time"]} if p.get("time") else None)
+        platform.check_hash_only_publish(digest, publisher, "projectHash")
+    submitted = platform.publish(publisher, name, price, digest, extra={"time": p["time"]} if p.get("time") else None)
     return task_result(submitted, wait, projectHash=digest, time=p.get("time"))
 
 
@@ -270,9 +258,9 @@ def token_buy() -> tuple[Response, int]:
         digest = file_hash(p["projectHash"], "projectHash") if p.get("projectHash") else None
         if name is None and digest is None:
             raise ValidationError("projectHash", "is required (or projectName, or project)")
-        project_id = find_project(name, digest, field="projectHash" if digest else "projectName").id
+        project_id = views().find_project(name, digest, field="projectHash" if digest else "projectName").id
         field = "projectHash" if digest else "projectName"
-    return task_result(submit_buy(buyer, project_id, buyer_field="address", id_field=field), wait, project_id=project_id,
+    return task_result(market().buy(buyer, project_id, buyer_field="address", id_field=field), wait, project_id=project_id,
                        time=p.get("time"))
 
 
@@ -314,9 +302,10 @@ def conn_gas_price() -> tuple[Response, int]:
 @key_required
 def admin_list() -> tuple[Response, int]:
     """The caller's accounts (an admin's: every account of ESP's keystore, and the treasury)."""
-    data: dict[str, Any] = {"accounts": visible_accounts()}
-    if require_caller().is_admin:
-        data["treasury"] = treasury_address()
+    mine = accounts()
+    data: dict[str, Any] = {"accounts": mine.visible()}
+    if mine.caller.is_admin:
+        data["treasury"] = mine.treasury
     return result(data)
 
 
@@ -325,14 +314,15 @@ def token_balance_route() -> tuple[Response, int]:
     """An account's token balance (thesis: address)."""
     p = params()
     account = address(required(p, "address"), "address")
-    balance, _ = token_balance(account)
-    return result({"address": account, "balance": str(balance), "token": require_platform()["PlatformToken"]})
+    platform = views()
+    balance, _ = platform.token_balance(account)
+    return result({"address": account, "balance": str(balance), "token": platform.require_platform()["PlatformToken"]})
 
 
 @route("/token/total")
 def token_total() -> tuple[Response, int]:
     """The token's total supply."""
-    return result(token_summary())
+    return result(views().token_summary())
 
 
 @route("/tx/blockhash")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from app.auth import admin_required
-from app.business import submit_token_change, submit_token_transfer
-from app.platform import require_platform, token_balance, token_summary
-from app.validation import address, amount, json_body, required
+from app.auth import admin_required, key_required
+from app.context import market, views
+from app.submit import accepted
+from app.validation import json_body
+from services.fields import address, amount, required
 
 bp = Blueprint("token", __name__, url_prefix="/api/v1/token")
 
@@ -16,7 +17,7 @@ def _change(change: str) -> tuple[Response, int]:
     data = json_body(request)
     account = address(required(data, "address"), "address")
     value = amount(required(data, "value"), "value")
-    return submit_token_change(change, account, value)
+    return accepted(market().token_change(change, account, value))
 
 
 @bp.post("/add")
@@ -41,24 +42,26 @@ def set_balance() -> tuple[Response, int]:
 
 
 @bp.post("/transfer")
+@key_required
 def transfer() -> tuple[Response, int]:
-    """Move ``value`` tokens from ``from`` (an unlocked account) to ``to``; 202 with the task."""
+    """Move ``value`` tokens from ``from`` (one of the caller's accounts, unlocked) to ``to``; 202 with the task."""
     data = json_body(request)
     sender = address(required(data, "from"), "from")
     to = address(required(data, "to"), "to")
     value = amount(required(data, "value"), "value")
-    return submit_token_transfer(sender, to, value)
+    return accepted(market().token_transfer(sender, to, value))
 
 
 @bp.get("/balance/<addr>")
 def balance(addr: str) -> Response:
     """An account's token balance (a decimal string: token amounts exceed JSON's safe integers)."""
     account = address(addr, "address")
-    value, node = token_balance(account)
-    return jsonify({"address": account, "balance": str(value), "token": require_platform()["PlatformToken"], "node": node})
+    platform = views()
+    value, node = platform.token_balance(account)
+    return jsonify({"address": account, "balance": str(value), "token": platform.require_platform()["PlatformToken"], "node": node})
 
 
 @bp.get("/total")
 def total() -> Response:
     """The token's total supply, name, symbol and decimals."""
-    return jsonify(token_summary())
+    return jsonify(views().token_summary())

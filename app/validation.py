@@ -15,8 +15,8 @@ is enqueued, never a 500 from deep inside:
   document too deep to parse safely is malformed JSON for every reader of a body
   (``StrictJSONProvider``): in ESP's processes it would otherwise crash the interpreter.
 
-``install(app)`` puts the request-level checks in place; the field checks below are
-called by the views.
+``install(app)`` puts the request-level checks in place; the field checks themselves
+(numbers, addresses, hashes, text) are ``services.fields``'.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import re
 from typing import IO, Any
 from urllib.parse import parse_qsl
 
-from eth_utils import is_checksum_address, to_checksum_address
 from flask import Flask, Request, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.datastructures import Headers, MultiDict
@@ -36,29 +35,14 @@ from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.utils import cached_property
 
 from errors import ValidationError
+from services.fields import INVALID_TEXT, is_valid_text
 
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-MAX_UINT256 = 2**256 - 1
-#: 2**256 - 1 has 78 decimal digits: no uint256 needs more, and int() of a longer string is refused or slow.
-MAX_DIGITS = 78
-_DECIMAL = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
-_SIGNED_DECIMAL = re.compile(rf"-?[0-9]{{1,{MAX_DIGITS}}}")
-#: Block numbers are uint64 on the nodes; ESP takes the signed range every client language can hold.
-MAX_BLOCK_NUMBER = 2**63 - 1
 #: Deeper JSON than this is no request ESP takes (an ABI's tuples nest a few levels).
 MAX_JSON_DEPTH = 64
-INVALID_TEXT = "must be valid Unicode text (UTF-8, no lone surrogates)"
 INVALID_NAME = "has a name that is not valid Unicode text (UTF-8, no lone surrogates)"
 
 
 # -- text ---------------------------------------------------------------------------------------------
-
-
-def is_valid_text(value: str) -> bool:
-    """Whether ``value`` is valid Unicode: no lone surrogate, so it encodes as UTF-8."""
-    return _SURROGATE.search(value) is None
 
 
 def field_name(name: str) -> str:
@@ -274,71 +258,3 @@ def install(app: Flask) -> None:
         setattr(provider, setting, getattr(app.json, setting))
     app.json = provider
     app.before_request(check_query)
-
-
-# -- fields -------------------------------------------------------------------------------------------
-
-
-def required(data: dict[str, Any], name: str) -> Any:
-    if name not in data or data[name] is None:
-        raise ValidationError(name, "is required")
-    return data[name]
-
-
-def address(value: Any, name: str) -> str:
-    """A 20-byte hex address; mixed case must be a valid EIP-55 checksum. Returns it checksummed."""
-    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
-        raise ValidationError(name, "must be a 0x-prefixed 20-byte hex address")
-    body = value[2:]
-    if body != body.lower() and body != body.upper() and not is_checksum_address(value):
-        raise ValidationError(name, "has an invalid EIP-55 checksum (check the letter case)")
-    return str(to_checksum_address(value))
-
-
-def tx_hash(value: Any, name: str) -> str:
-    """A 32-byte hash as 0x hex, lower-cased."""
-    if not isinstance(value, str) or not _HASH.fullmatch(value):
-        raise ValidationError(name, "must be a 0x-prefixed 32-byte hex hash")
-    return value.lower()
-
-
-def amount(value: Any, name: str, *, allow_zero: bool = True) -> int:
-    """A whole, non-negative amount that fits uint256: a JSON integer, or a string of 1 to 78 ASCII digits."""
-    if isinstance(value, bool):
-        raise ValidationError(name, "must be a whole number, not a boolean")
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, str) and _DECIMAL.fullmatch(value):
-        number = int(value)
-    elif isinstance(value, str) and value.startswith("-") and _DECIMAL.fullmatch(value[1:]):
-        raise ValidationError(name, "must not be negative")
-    else:
-        raise ValidationError(name, f"must be a whole number: a JSON integer or a string of 1 to {MAX_DIGITS} ASCII digits")
-    if number < 0:
-        raise ValidationError(name, "must not be negative")
-    if number == 0 and not allow_zero:
-        raise ValidationError(name, "must be greater than zero")
-    if number > MAX_UINT256:
-        raise ValidationError(name, "is larger than uint256 (2**256 - 1)")
-    return number
-
-
-def integer(value: Any, name: str, *, low: int, high: int, status: int = 422) -> int:
-    """A whole number in ``low..high``: a JSON integer, or ASCII digits with an optional leading minus."""
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _SIGNED_DECIMAL.fullmatch(value))):
-        raise ValidationError(name, f"must be a whole number (ASCII digits) from {low} to {high}", status=status)
-    number = int(value)
-    if not low <= number <= high:
-        raise ValidationError(name, f"must be from {low} to {high}", status=status)
-    return number
-
-
-def text(value: Any, name: str, *, max_length: int, min_length: int = 1) -> str:
-    """A string of ``min_length``..``max_length`` characters of valid Unicode."""
-    if not isinstance(value, str):
-        raise ValidationError(name, "must be a string")
-    if not is_valid_text(value):
-        raise ValidationError(name, INVALID_TEXT, status=400)
-    if not min_length <= len(value) <= max_length:
-        raise ValidationError(name, f"must be {min_length} to {max_length} characters long")
-    return value

@@ -43,8 +43,8 @@ from nodepool.placement import Placement
 from nodepool.pool import Pool
 from nodepool.snapshot import CALIBRATION_KEY, SNAPSHOT_HISTORY_KEY, load_snapshot_document
 from nodes.manager import NodeManager, connect_redis
+from services.monitor import ResourceSampler, sample_pool
 from settings import Settings
-from tasks.monitor import ResourceSampler, sample_pool
 
 REDIS_DB = 6
 DEGRADED = "node-2"

@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from settings import ROOT
 
 RESULTS = ROOT / "bench" / "results"
@@ -41,8 +43,6 @@ class RunningStack:
             "ESP_RATE_LIMIT": "1000000 per minute", **env,
         })
         self.key = ""  # the benchmark's user key, created once the API answers
-        import redis
-
         redis.Redis.from_url(child["ESP_REDIS_URL"]).flushdb()
         self.log = open(run_dir / "stack.log", "wb")
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=child, stdout=self.log,

@@ -1,4 +1,10 @@
-"""Reads through the balancer: the node the policy picks, failing over when a node does not answer.
+"""Failing over: ``first_answer`` asks nodes in turn until one answers; ``ReadClient`` does it for reads,
+placed by the balancer and counted in flight.
+
+Every caller that must reach *some* node (a read, a gas estimate, a receipt check,
+the block producer) goes through ``first_answer``; only the broadcast of signed
+bytes has its own protocol (``wallet.sender.broadcast``: it must tell "refused"
+from "maybe taken").
 
 Reads never go through Celery: the API process places them itself with the same
 Placement (and policy) the router uses for writes, so reads prefer zone II as
@@ -18,14 +24,18 @@ as the pool's admission limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from balancer import TaskKind
 from errors import NodeUnreachable, NoHealthyNode, RpcError
 from nodepool.placement import DispatchPaused, Placement
 from nodepool.pool import Pool
+from nodepool.rpc import RpcClient
 from nodepool.traffic import Traffic
+
+C = TypeVar("C")
+T = TypeVar("T")
 
 
 class ReadClient:
@@ -50,32 +60,36 @@ class ReadClient:
         Raises RpcError (not retried) when the node answers with an error object, and
         NoHealthyNode when no node may take the read or every node tried failed.
         """
-        failures: list[str] = []
         tried: set[str] = set()
-        # Each attempt excludes the nodes that failed, so the loop ends when the pool runs out.
-        for _ in range(len(self.placement.view().specs) + 1):
-            try:
-                node_id = self._choose(kind, frozenset(tried))
-            except NoHealthyNode:
-                if failures:
-                    raise NoHealthyNode(f"no node answered {method}: {'; '.join(failures)}") from None
-                raise
+
+        def candidates() -> Iterator[str]:
+            # Each attempt excludes the nodes that failed, so the loop ends when the pool runs out.
+            for _ in range(len(self.placement.view().specs) + 1):
+                try:
+                    node_id = self._choose(kind, frozenset(tried))
+                except NoHealthyNode:
+                    if tried:
+                        return  # every node the policy would give has failed: first_answer says which
+                    raise
+                yield node_id
+                tried.add(node_id)  # resumed: it did not answer
+
+        def ask(node_id: str) -> Any:
             client = self.pool.rpc(self.placement.cached_spec(node_id), timeout=self.timeout)
             token = self.traffic.begin(node_id)
             ok = False
             try:
                 result = client.call(method, params)
                 ok = True
-                return result, node_id
+                return result
             except RpcError:
                 ok = True  # the node answered: healthy, and the answer is the caller's to handle
                 raise
-            except NodeUnreachable as exc:
-                failures.append(f"{node_id}: {exc}")
-                tried.add(node_id)
             finally:
                 self.traffic.end(node_id, token, ok=ok)
-        raise NoHealthyNode(f"no node answered {method}: {'; '.join(failures)}")
+
+        node_id, result = first_answer(candidates(), ask, what=method)
+        return result, node_id
 
     def _choose(self, kind: TaskKind | str, exclude: frozenset[str]) -> str:
         """The policy's node; while dispatch is paused, wait (backing off) for at most ``pause_wait`` seconds."""
@@ -90,3 +104,39 @@ class ReadClient:
                     raise
                 time.sleep(min(delay, remaining))  # work in flight finishing is what lifts the pause
                 delay = min(delay * 2, 0.05)
+
+
+class NoNodeAnswered(NoHealthyNode):
+    """Raised when every node tried failed to answer (each failure is in ``failures``)."""
+
+    def __init__(self, what: str, failures: Sequence[str]) -> None:
+        super().__init__(f"no node answered {what}: {'; '.join(failures) or 'no node to ask'}")
+        self.failures = list(failures)
+
+
+def first_answer(candidates: Iterable[C], ask: Callable[[C], T], *, what: str,
+                 accept: Callable[[T], bool] = lambda _: True,
+                 retry_on: tuple[type[Exception], ...] = (NodeUnreachable,)) -> tuple[C, T]:
+    """Ask each candidate in turn until one answers (and its answer is accepted); return it and the answer.
+
+    The one "try the next node" loop of ESP: a candidate that raises one of
+    ``retry_on`` (by default: it did not answer) or whose answer ``accept`` refuses
+    is passed over; anything else propagates. NoNodeAnswered when none answered.
+    """
+    failures: list[str] = []
+    for candidate in candidates:
+        try:
+            answer = ask(candidate)
+        except retry_on as exc:
+            failures.append(f"{_name(candidate)}: {exc}")
+            continue
+        if accept(answer):
+            return candidate, answer
+        failures.append(f"{_name(candidate)}: no such answer")
+    raise NoNodeAnswered(what, failures)
+
+
+def _name(candidate: object) -> str:
+    if isinstance(candidate, RpcClient):
+        return candidate.node_id or candidate.url
+    return str(candidate)

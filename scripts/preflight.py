@@ -10,16 +10,15 @@ from __future__ import annotations
 import sys
 
 from errors import ConfigError, EspError
+from nodepool.spec import NodeSpec
+from nodes.anvil import find_anvil
+from nodes.manager import check_static_node, connect_redis
+from nodes.process import port_is_free
+from settings import Settings
 
 
 def check() -> list[str]:
     """Run every check; return what the stack will listen on."""
-    from nodepool.spec import NodeSpec
-    from nodes.anvil import find_anvil
-    from nodes.manager import check_static_node, connect_redis
-    from nodes.process import port_is_free
-    from settings import Settings
-
     settings = Settings.from_env()
     connect_redis(settings).close()
     if settings.node_backend == "process":

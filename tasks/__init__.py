@@ -1,8 +1,6 @@
-"""ESP's Celery app: ``celery -A tasks worker|beat|flower``."""
+"""ESP's Celery edge: thin tasks over ``services``, the router that places them, the app that runs them.
 
-from __future__ import annotations
-
-from celery import Celery
-
-app = Celery("esp", include=["tasks.system", "tasks.monitor", "tasks.recycler", "tasks.receipts", "tasks.writes", "tasks.business"])
-app.config_from_object("celeryconfig")
+- ``app``: ``make_celery(settings)``; ``worker``: the processes' entry point (``celery -A tasks.worker …``);
+- ``writes``: one task per write operation; ``control``: the beat tasks (monitor, recycler, receipts, platform);
+- ``routing``: the queues and the router; ``config``: Celery's settings; ``context``: a worker process's objects.
+"""

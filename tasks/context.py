@@ -1,4 +1,4 @@
-"""What a worker process shares between tasks, built once after fork on first use."""
+"""What a worker process shares between its tasks, built once per process (after fork) on first use."""
 
 from __future__ import annotations
 
@@ -7,25 +7,22 @@ from functools import cache, cached_property
 
 from nodepool.placement import Placement
 from nodepool.pool import Pool
+from services.monitor import ResourceSampler
+from services.operations import Planning
+from services.records import TaskStore
+from services.sending import Sender
 from settings import Settings
-from tasks.status import TaskStore
-
-
-@cache
-def services() -> Pool:
-    """The worker's Pool, built from the environment on first use."""
-    return Pool(Settings.from_env())
 
 
 @dataclass
-class Writer:
-    """The write path's long-lived objects in one worker process."""
+class Worker:
+    """The long-lived objects of one worker (or beat) process: its pool, placement, task records, sender."""
 
-    pool: Pool
+    settings: Settings
 
-    @property
-    def settings(self) -> Settings:
-        return self.pool.settings
+    @cached_property
+    def pool(self) -> Pool:
+        return Pool(self.settings)
 
     @cached_property
     def placement(self) -> Placement:
@@ -36,13 +33,20 @@ class Writer:
         return TaskStore(self.pool.redis, ttl=self.settings.result_expires)
 
     @cached_property
-    def sender(self):  # type: ignore[no-untyped-def]  # -> tasks.sending.Sender (imported late: it imports us)
-        from tasks.sending import Sender
-
+    def sender(self) -> Sender:
         return Sender(self.pool, self.placement, self.store)
+
+    @cached_property
+    def planning(self) -> Planning:
+        return Planning(treasury=str(self.sender.treasury.address), redis=self.pool.redis)
+
+    @cached_property
+    def sampler(self) -> ResourceSampler:
+        """The control worker's resource sampler (its backends prime psutil across samples)."""
+        return ResourceSampler(self.settings)
 
 
 @cache
-def writer() -> Writer:
-    """The worker's Writer."""
-    return Writer(services())
+def worker(settings: Settings) -> Worker:
+    """This process's Worker for ``settings`` (the Celery app's)."""
+    return Worker(settings)

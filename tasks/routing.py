@@ -17,9 +17,15 @@ from celery.utils.saferepr import saferepr
 
 from balancer import TaskKind
 from errors import NoHealthyNode
+from nodepool.placement import Placement
+from nodepool.pool import Pool
 from settings import Settings
 
+#: The queues, declared here once. Workers take them in this order: control first, then writes by class.
+CONTROL_QUEUE = "esp.control"
 QUEUE_OF_KIND = {TaskKind.DEPLOY: "esp.deploy", TaskKind.ACCOUNT: "esp.accounts", TaskKind.CALL: "esp.calls"}
+WRITE_QUEUES = tuple(QUEUE_OF_KIND.values())
+QUEUES = (CONTROL_QUEUE, *WRITE_QUEUES)
 
 
 class Router:
@@ -27,13 +33,10 @@ class Router:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._placement: Any = None  # built on first use, after any fork
+        self._placement: Placement | None = None  # built on first use, after any fork
 
-    def placement(self) -> Any:
+    def placement(self) -> Placement:
         if self._placement is None:
-            from nodepool.placement import Placement
-            from nodepool.pool import Pool
-
             self._placement = Placement(Pool(self.settings))
         return self._placement
 

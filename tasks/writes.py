@@ -1,39 +1,37 @@
-"""Write tasks: each builds its transactions (a Plan) and hands them to the Sender.
+"""The write tasks: one Celery task per write operation of ``services.plans.OPERATIONS``.
 
-Every task here is a thin wrapper: arguments are addresses, amounts and ids
-(never secrets: a password never leaves the API process, a key never leaves
-the keystore or the unlock store), and the logic lives in tasks.sending.
+Each is a thin wrapper: its arguments are addresses, amounts and ids (never
+secrets: a password never leaves the API process, a key never leaves the
+keystore or the unlock store); it asks the operation for its Plan, places it on
+a node and hands it to the Sender (``services.sending``). Task names are
+``tasks.writes.<operation>``, declared here once (``TASK_NAMES``); the API
+enqueues through the task objects (``enqueue_on``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from celery.exceptions import MaxRetriesExceededError
+from kombu.exceptions import OperationalError
 
 from balancer import TaskKind
 from errors import NoHealthyNode
-from tasks.operations import register
-from tasks.sending import NodeBusy, Step, TaskFailed, TxRequest
-from tasks.status import FAILED, WAITING
+from services.operations import Enqueue, Operation, Plan
+from services.plans import OPERATIONS
+from services.records import FAILED, WAITING
+from services.sending import NodeBusy, TaskFailed
+from tasks.context import Worker, worker
 
 log = logging.getLogger(__name__)
 
 #: A task waits this many times (about a second apart, then backing off) for a healthy node.
 WAIT_RETRIES = 120
 
-
-@dataclass
-class Plan:
-    """What a write operation sends: from which account, which transactions, what it reports."""
-
-    sender: str
-    steps: list[Step]
-    result: dict[str, Any] = field(default_factory=dict)
+#: operation name -> Celery task name.
+TASK_NAMES = {name: f"tasks.writes.{name}" for name in OPERATIONS}
 
 
 class WriteTask(Task):
@@ -45,11 +43,8 @@ class WriteTask(Task):
     esp_kind = TaskKind.CALL.value
 
 
-def run_write(task: Task, kind: TaskKind, plan: Plan) -> dict[str, Any]:
+def run_write(task: Task, w: Worker, kind: TaskKind, plan: Plan) -> dict[str, Any]:
     """Place, send and hand over to the receipt tracker; end the task record on failure."""
-    from tasks.context import writer
-
-    w = writer()
     task_id = task.request.id
     node = getattr(task.request, "esp_node", None)
     if node is None or not w.placement.is_eligible(node, kind):
@@ -67,7 +62,7 @@ def run_write(task: Task, kind: TaskKind, plan: Plan) -> dict[str, Any]:
         return {"failed": exc.as_error()}
 
 
-def _wait(task: Task, w: Any, reason: str) -> dict[str, Any]:
+def _wait(task: Task, w: Worker, reason: str) -> dict[str, Any]:
     w.store.update(task.request.id, state=WAITING, error={"type": "waiting", "message": reason})
     countdown = min(1.0 * (1.2 ** task.request.retries), 10.0)
     try:
@@ -78,48 +73,34 @@ def _wait(task: Task, w: Any, reason: str) -> dict[str, Any]:
         return {"failed": error}
 
 
-def write_operation(name: str, kind: TaskKind) -> Callable[[Callable[..., Plan]], Task]:
-    """Declare a write operation: ``fn(**params) -> Plan`` becomes the Celery task ``tasks.writes.<name>``."""
-    op = register(name, kind)
+def _write_task(op: Operation) -> Task:
+    def run(self: Task, **params: Any) -> dict[str, Any]:
+        w = worker(self.app.settings)
+        try:
+            plan = op.plan(w.planning, **params)
+        except (TypeError, ValueError) as exc:
+            # A message this code cannot read (e.g. from an older or newer API): end it clearly.
+            error = {"type": "bad-arguments", "message": f"{op.name}: {exc}"}
+            w.store.update(self.request.id, state=FAILED, error=error)
+            return {"failed": error}
+        return run_write(self, w, op.kind, plan)
 
-    def decorate(fn: Callable[..., Plan]) -> Task:
-        def run(self: Task, **params: Any) -> dict[str, Any]:
-            try:
-                plan = fn(**params)
-            except (TypeError, ValueError) as exc:
-                # A message this code cannot read (e.g. from an older or newer API): end it clearly.
-                from tasks.context import writer
-
-                error = {"type": "bad-arguments", "message": f"{name}: {exc}"}
-                writer().store.update(self.request.id, state=FAILED, error=error)
-                return {"failed": error}
-            return run_write(self, kind, plan)
-
-        run.__name__ = name
-        run.__doc__ = fn.__doc__
-        return shared_task(bind=True, base=WriteTask, name=op.task, esp_kind=kind.value)(run)
-
-    return decorate
+    run.__name__ = op.name
+    run.__doc__ = op.plan.__doc__
+    return shared_task(bind=True, base=WriteTask, name=TASK_NAMES[op.name], esp_kind=op.kind.value)(run)
 
 
-def treasury_address() -> str:
-    from tasks.context import writer
-
-    return str(writer().sender.treasury.address)
+#: operation name -> its Celery task.
+WRITE_TASKS: dict[str, Task] = {name: _write_task(op) for name, op in OPERATIONS.items()}
 
 
-# -- operations of the write path ----------------------------------------------------
+def enqueue_on(app: Celery) -> Enqueue:
+    """How services hand an operation to ``app``'s queues: its task object's apply_async (the router places it)."""
 
+    def enqueue(op: Operation, params: dict[str, Any], task_id: str) -> None:
+        try:
+            app.tasks[TASK_NAMES[op.name]].apply_async(kwargs=params, task_id=task_id)
+        except OperationalError as exc:
+            raise NoHealthyNode(f"the task queue is unavailable: {exc}") from None
 
-@write_operation("fund_account", TaskKind.ACCOUNT)
-def fund_account(address: str, value_wei: int) -> Plan:
-    """Send gas money from the treasury to a new account."""
-    return Plan(treasury_address(), [lambda ctx: TxRequest(to=address, value=int(value_wei), gas=21_000)],
-                result={"address": address, "funded_wei": str(value_wei)})
-
-
-@write_operation("send_eth", TaskKind.CALL)
-def send_eth(sender: str, to: str, value_wei: int) -> Plan:
-    """Send ETH from an unlocked ESP account (or the treasury)."""
-    return Plan(sender, [lambda ctx: TxRequest(to=to, value=int(value_wei), gas=21_000)],
-                result={"to": to, "value_wei": str(value_wei)})
+    return enqueue

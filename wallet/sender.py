@@ -65,6 +65,7 @@ from eth_keys.backends import get_backend
 from eth_utils import keccak
 
 from errors import NodeUnreachable, RpcError, ValidationError
+from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.rpc import RpcClient, to_int
 from wallet.address import checksum
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
@@ -375,14 +376,11 @@ class Broadcast:
 
 def find_transaction(tx_hash: str, clients: Sequence[RpcClient], *, timeout: float | None = None) -> tuple[RpcClient, dict[str, Any]] | None:
     """The first node that knows ``tx_hash`` (pending or mined) and what it says, or None."""
-    for client in clients:
-        try:
-            found = client.call("eth_getTransactionByHash", [tx_hash], timeout=timeout)
-        except (NodeUnreachable, RpcError):
-            continue
-        if found:
-            return client, found
-    return None
+    try:
+        return first_answer(clients, lambda client: client.call("eth_getTransactionByHash", [tx_hash], timeout=timeout),
+                            what="eth_getTransactionByHash", accept=bool, retry_on=(NodeUnreachable, RpcError))
+    except NoNodeAnswered:
+        return None
 
 
 def broadcast(

@@ -15,73 +15,30 @@ queue) asks a node for all watched receipts in one JSON-RPC batch and:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-from celery import shared_task
 from eth_account.signers.local import LocalAccount
 
-from balancer import TaskKind
+from contracts import decode_revert
 from errors import EspError, NodeUnreachable, RpcError
-from nodepool.codec import as_text
+from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.rpc import RpcClient, to_int
-from tasks.operations import CONFIRM_HOOKS
-from tasks.status import CONFIRMED, FAILED, TaskStore
+from services.plans import OPERATIONS
+from services.records import CONFIRMED, FAILED, TaskStore
+from services.watch import ReceiptWatch
 from wallet.nonces import NonceManager
 from wallet.sender import PreparedTx, broadcast, load_prepared, prepared_key, replace, save_prepared
 
 log = logging.getLogger(__name__)
 
-WATCH_SET = "esp:watch"
-WATCH_KEY = "esp:watch:{}"
 #: Watched tasks looked at per beat (the rest wait for the next one).
 MAX_BATCH = 2000
 REBROADCAST_EVERY = 5.0
+#: A replacement raises both fee caps by this much (geth and anvil need at least 10%).
 BUMP_PERCENT = 15
-
-
-class ReceiptWatch:
-    """The set of broadcast tasks waiting for receipts."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
-
-    def add(self, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
-        now = time.time()
-        entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now}
-        pipe = self.redis.pipeline()
-        pipe.set(WATCH_KEY.format(task_id), json.dumps(entry))
-        pipe.zadd(WATCH_SET, {task_id: now})
-        pipe.execute()
-
-    def entries(self, limit: int = MAX_BATCH) -> list[tuple[str, dict[str, Any]]]:
-        ids = [as_text(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
-        if not ids:
-            return []
-        raws = self.redis.mget([WATCH_KEY.format(i) for i in ids])
-        out = []
-        for task_id, raw in zip(ids, raws, strict=True):
-            if raw is None:
-                self.redis.zrem(WATCH_SET, task_id)
-                continue
-            out.append((task_id, json.loads(raw)))
-        return out
-
-    def update(self, task_id: str, entry: dict[str, Any]) -> None:
-        self.redis.set(WATCH_KEY.format(task_id), json.dumps(entry))
-
-    def done(self, task_id: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.zrem(WATCH_SET, task_id)
-        pipe.delete(WATCH_KEY.format(task_id))
-        pipe.execute()
-
-    def count(self) -> int:
-        return int(self.redis.zcard(WATCH_SET))
 
 
 def receipt_fields(receipt: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +56,6 @@ def receipt_fields(receipt: dict[str, Any]) -> dict[str, Any]:
 
 def revert_reason(client: RpcClient, tx_hash: str) -> str:
     """Why a mined transaction reverted (from a call trace), or a plain fallback."""
-    from contracts import decode_revert
-
     try:
         trace = client.call("debug_traceTransaction", [tx_hash, {"tracer": "callTracer"}])
         return decode_revert(trace.get("output")) if trace.get("output") else "reverted without a reason"
@@ -183,7 +138,8 @@ def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, task_id: s
     result["tx_hash"] = found[0]["transactionHash"]
     failed = next((r for r in found if to_int(r["status"]) != 1), None)
     if failed is None:
-        hook = CONFIRM_HOOKS.get(record.operation) if record else None
+        operation = OPERATIONS.get(record.operation) if record else None
+        hook = operation.on_confirmed if operation else None
         if hook is not None and record is not None:
             try:
                 result.update(hook(record.params, found, watch.redis))
@@ -229,29 +185,7 @@ def _replace(store: TaskStore, watch: ReceiptWatch, clients: Sequence[RpcClient]
 
 
 def _ask_any(clients: Sequence[RpcClient], calls: list[tuple[str, list[Any]]]) -> tuple[RpcClient, list[dict[str, Any]]]:
-    last: Exception | None = None
-    for client in clients:
-        try:
-            return client, client.batch_raw(calls)
-        except NodeUnreachable as exc:
-            last = exc
-    raise NodeUnreachable(f"no node answered the receipt check: {last}")
-
-
-@shared_task(name="tasks.receipts.track_receipts", queue="esp.control", ignore_result=True)
-def track_receipts() -> dict[str, int]:
-    """Confirm, fail, re-broadcast or replace the watched transactions (one pass)."""
-    from tasks.context import writer
-
-    w = writer()
     try:
-        clients = w.sender.clients(TaskKind.READ, None)
-        return track(
-            w.store, w.sender.watch, clients, confirmations=w.settings.confirmations,
-            deadline_action=w.settings.tx_deadline_action, tx_deadline=w.settings.tx_deadline,
-            signer=w.sender.signer, nonces=w.sender.nonces,
-        )
-    except NodeUnreachable as exc:
-        log.warning("receipt check skipped: %s", exc)
-        return {}
-
+        return first_answer(clients, lambda client: client.batch_raw(calls), what="the receipt check")
+    except NoNodeAnswered as exc:
+        raise NodeUnreachable(str(exc)) from None

@@ -24,17 +24,18 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 from rlp import encode as rlp_encode
 
 from balancer import TaskKind
 from contracts import decode_revert
-from errors import EspError, NodeUnreachable, RpcError
+from errors import EspError, RpcError
+from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.placement import Placement
 from nodepool.pool import Pool
 from nodepool.rpc import RpcClient, to_int
-from tasks.receipts import ReceiptWatch
-from tasks.status import BROADCAST, RUNNING, TaskStore
+from services.records import BROADCAST, RUNNING, TaskStore
+from services.watch import ReceiptWatch
 from wallet.errors import AccountLocked, BroadcastFailed, NonceTooLow, TxRejected
 from wallet.nonces import NonceManager
 from wallet.sender import (
@@ -97,8 +98,6 @@ Step = Callable[[SendContext], TxRequest]
 
 def create_address(sender: str, nonce: int) -> str:
     """The address a CREATE from ``sender`` at ``nonce`` deploys to."""
-    from eth_utils import keccak
-
     return str(to_checksum_address(keccak(rlp_encode([bytes.fromhex(sender[2:]), nonce]))[12:]))
 
 
@@ -232,11 +231,8 @@ class Sender:
 
     @staticmethod
     def _call_any(clients: Sequence[RpcClient], fn: Callable[[RpcClient], Any]) -> Any:
-        """Run ``fn`` on the first client that answers."""
-        last: Exception | None = None
-        for client in clients:
-            try:
-                return fn(client)
-            except NodeUnreachable as exc:
-                last = exc
-        raise NodeBusy(f"no node answered: {last}")
+        """Run ``fn`` on the first client that answers; NodeBusy (the task retries later) when none does."""
+        try:
+            return first_answer(clients, fn, what="the write's call")[1]
+        except NoNodeAnswered as exc:
+            raise NodeBusy(str(exc)) from None

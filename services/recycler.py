@@ -35,7 +35,6 @@ import time
 from typing import Any
 
 import redis
-from celery import shared_task
 
 from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
 from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
@@ -222,17 +221,3 @@ def _note_once(client: redis.Redis, what: str, node_id: str, kind: str, **data: 
     """Record an event the first time ``what`` happens to ``node_id`` in this zone-III episode."""
     if client.sadd(NOTED_KEY, f"{what}:{node_id}"):
         record_event(client, kind, node_id, **data)
-
-
-@shared_task(name="tasks.recycler.recycle_step", queue="esp.control", ignore_result=True)
-def recycle_step_task() -> None:
-    """Beat task: advance the recycler by one step."""
-    from tasks.context import services
-
-    try:
-        result = recycle_step(services())
-    except redis.RedisError as exc:
-        log.warning("recycler step failed: Redis: %s", exc)
-        return
-    if result["action"] not in ("idle", "stale", "busy"):
-        log.info("recycler: %s", result)

@@ -1,4 +1,4 @@
-"""Celery settings, all taken from ESP's Settings (``app.config_from_object("celeryconfig")``).
+"""Celery settings, all taken from the Settings an app is made with (``tasks.app.make_celery``).
 
 Queues and priorities: one Redis list per task class, and workers poll them in a
 fixed order (kombu's ``queue_order_strategy="priority"``): a deploy waiting in
@@ -20,13 +20,10 @@ from typing import Any
 
 from kombu import Queue
 
+from balancer import TaskKind
 from settings import Settings
-from tasks.routing import Router
-
-#: Queues in the order workers take from them: control first, then writes by class.
-CONTROL_QUEUE = "esp.control"
-WRITE_QUEUES = ("esp.deploy", "esp.accounts", "esp.calls")
-QUEUES = (CONTROL_QUEUE, *WRITE_QUEUES)
+from tasks.control import ENSURE_PLATFORM, RECYCLE_STEP, SAMPLE_POOL, TRACK_RECEIPTS
+from tasks.routing import CONTROL_QUEUE, QUEUE_OF_KIND, QUEUES, Router
 
 #: The longest a write task may run (signing and broadcasting; receipts are tracked elsewhere).
 TASK_TIME_LIMIT = 120
@@ -51,7 +48,7 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_queues": [Queue(name) for name in QUEUES],
-        "task_default_queue": "esp.calls",
+        "task_default_queue": QUEUE_OF_KIND[TaskKind.CALL],
         "task_routes": (Router(settings),),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -64,23 +61,23 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "beat_schedule": {
             "monitor-pool": {
-                "task": "tasks.monitor.sample_pool",
+                "task": SAMPLE_POOL,
                 "schedule": settings.monitor_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.monitor_interval * 2},
             },
             "recycle-nodes": {
-                "task": "tasks.recycler.recycle_step",
+                "task": RECYCLE_STEP,
                 "schedule": settings.monitor_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.monitor_interval * 2},
             },
             "ensure-platform": {
                 # Redeploys the platform if the devnet restarted while workers kept running.
-                "task": "tasks.business.ensure_platform",
+                "task": ENSURE_PLATFORM,
                 "schedule": 60.0,
                 "options": {"queue": CONTROL_QUEUE, "expires": 60.0},
             },
             "track-receipts": {
-                "task": "tasks.receipts.track_receipts",
+                "task": TRACK_RECEIPTS,
                 "schedule": settings.receipt_interval,
                 "options": {"queue": CONTROL_QUEUE, "expires": settings.receipt_interval * 4},
             },
@@ -88,5 +85,3 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
     }
 
-
-globals().update(from_settings(Settings.from_env()))

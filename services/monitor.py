@@ -42,11 +42,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
-
-import redis
-from celery import shared_task
 
 from balancer import STATUS_DOWN, STATUS_UP, BalancerConfig, Calibrator, NodeSample, Snapshot, build_snapshot
 from errors import EspError, NodeUnreachable, RpcError
@@ -58,6 +54,7 @@ from nodepool.snapshot import CALIBRATION_KEY, NODE_STATUS_KEY, SNAPSHOT_HISTORY
 from nodepool.spec import NodeSpec
 from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCING, is_far_behind, parse_sync_statuses
 from nodepool.traffic import Traffic
+from nodes import make_backend
 from nodes.base import NodeBackend, ResourceStats
 from settings import Settings
 
@@ -146,14 +143,8 @@ class ResourceSampler:
 
     def _build(self, name: str) -> NodeBackend | None:
         try:
-            if name == "process":
-                from nodes.process import ProcessBackend
-
-                return ProcessBackend(self.settings)
-            if name == "docker":
-                from nodes.docker.backend import DockerBackend
-
-                return DockerBackend(self.settings)
+            if name in ("process", "docker"):
+                return make_backend(self.settings.replace(node_backend=name))
         except EspError as exc:
             log.warning("cannot measure %s nodes: %s", name, exc)
         return None  # static: no process or container of ours to measure
@@ -362,36 +353,3 @@ def _previous_nodes(raw: bytes | str | None) -> dict[str, dict[str, Any]]:
         return {n["id"]: n for n in json.loads(raw).get("nodes", [])}
     except (ValueError, TypeError, KeyError, AttributeError):
         return {}
-
-
-# -- the Celery task --------------------------------------------------------------------
-
-
-@cache
-def resource_sampler() -> ResourceSampler:
-    """The control worker's sampler, built once (its backends prime psutil across samples)."""
-    from tasks.context import services
-
-    return ResourceSampler(services().settings)
-
-
-@shared_task(name="tasks.monitor.sample_pool", queue="esp.control", ignore_result=True)
-def sample_pool_task() -> None:
-    """Beat task: sample the pool once (skipped while another sample still runs)."""
-    from tasks.context import services
-
-    pool = services()
-    lock = pool.redis.lock(MONITOR_LOCK_KEY, timeout=max(2 * pool.settings.monitor_interval, 1.0), blocking=False)
-    try:
-        if not lock.acquire():
-            log.info("previous pool sample still running: skipped")
-            return
-        try:
-            sample_pool(pool, resource_sampler())
-        finally:
-            try:
-                lock.release()
-            except redis.exceptions.LockError:
-                pass  # it expired while we sampled; the next beat takes it again
-    except redis.RedisError as exc:
-        log.warning("pool sample failed: Redis: %s", exc)

@@ -1,0 +1,58 @@
+"""What a write operation is: its name, its task class (priority), how it plans its transactions.
+
+An operation's plan function takes a ``Planning`` (what the worker knows: the
+treasury's address, Redis) and the task's parameters (addresses, amounts, ids,
+hashes: never secrets), and returns a ``Plan``: which account signs and which
+transactions it sends. Once its transactions are confirmed, an operation's
+``on_confirmed`` hook may add to the task's result (a created project's id, say).
+
+The operations themselves are listed in ``services.plans.OPERATIONS``; the Celery
+edge (``tasks.writes``) makes one task per operation, and the API enqueues
+through it (``Enqueue``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from balancer import TaskKind
+from services.sending import Step
+
+
+@dataclass
+class Plan:
+    """What a write operation sends: from which account, which transactions, what it reports."""
+
+    sender: str
+    steps: list[Step]
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Planning:
+    """What a plan function may use besides its parameters."""
+
+    treasury: str
+    redis: redis.Redis
+
+
+#: fn(params, receipts, redis) -> fields to add to the result, run once the task's transactions are confirmed.
+ConfirmHook = Callable[[dict[str, Any], list[dict[str, Any]], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A write operation the API can enqueue."""
+
+    name: str
+    kind: TaskKind
+    plan: Callable[..., Plan]  # plan(planning, **params)
+    on_confirmed: ConfirmHook | None = None
+
+
+#: How a service hands an operation to the queue: (operation, parameters, task id). The Celery edge provides it.
+Enqueue = Callable[[Operation, dict[str, Any], str], None]

@@ -1,0 +1,67 @@
+"""The receipt watch: the broadcast tasks waiting for their receipts, in Redis.
+
+The write path adds a task once its transactions are broadcast; the receipt
+tracker (``services.receipts.track``) reads the watch, settles what is mined and
+removes it. The node manager empties it when a fresh chain starts.
+
+Redis, owned here::
+
+    esp:watch        sorted set  task id, scored by its first broadcast time
+    esp:watch:<id>   string      JSON {steps, deadline, broadcast_at, rebroadcast_at, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from nodepool.codec import as_text
+
+WATCH_SET = "esp:watch"
+WATCH_KEY = "esp:watch:{}"
+#: Watched tasks read per pass by default.
+MAX_BATCH = 2000
+
+
+class ReceiptWatch:
+    """The set of broadcast tasks waiting for receipts."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def add(self, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
+        now = time.time()
+        entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now}
+        pipe = self.redis.pipeline()
+        pipe.set(WATCH_KEY.format(task_id), json.dumps(entry))
+        pipe.zadd(WATCH_SET, {task_id: now})
+        pipe.execute()
+
+    def entries(self, limit: int = MAX_BATCH) -> list[tuple[str, dict[str, Any]]]:
+        ids = [as_text(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
+        if not ids:
+            return []
+        raws = self.redis.mget([WATCH_KEY.format(i) for i in ids])
+        out = []
+        for task_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                self.redis.zrem(WATCH_SET, task_id)
+                continue
+            out.append((task_id, json.loads(raw)))
+        return out
+
+    def update(self, task_id: str, entry: dict[str, Any]) -> None:
+        self.redis.set(WATCH_KEY.format(task_id), json.dumps(entry))
+
+    def done(self, task_id: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.zrem(WATCH_SET, task_id)
+        pipe.delete(WATCH_KEY.format(task_id))
+        pipe.execute()
+
+    def count(self) -> int:
+        return int(self.redis.zcard(WATCH_SET))
