@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -57,41 +58,18 @@ def check_static_node(spec: NodeSpec, *, timeout: float) -> int:
         client.close()
 
 
-#: What ESP keeps in Redis about one chain: nonces, signed transactions, watched receipts,
-#: the platform's addresses. A devnet starts from genesis, so none of it holds any more.
-CHAIN_STATE_PATTERNS = ("esp:nonce:{chain}:*", "esp:prepared:*", "esp:watch:*", "esp:platform*")
-CHAIN_STATE_KEYS = ("esp:watch",)
-
-
-def reset_chain_state(client: redis.Redis, chain_id: int) -> int:
-    """Forget a previous devnet's chain state before a new one starts; returns keys deleted.
-
-    Tasks still waiting for receipts from the old chain are failed (their
-    transactions cannot be mined: that chain is gone), rather than re-broadcast
-    onto the new chain by the receipt tracker.
-    """
-    from tasks.receipts import ReceiptWatch
-    from tasks.status import FAILED, TaskStore
-
-    store = TaskStore(client, ttl=86400)
-    for task_id, _ in ReceiptWatch(client).entries(limit=1_000_000):
-        if store.find(task_id) is not None:
-            store.update(task_id, state=FAILED, error={"type": "chain-reset", "message": "the devnet was restarted from genesis"})
-    deleted = 0
-    for pattern in CHAIN_STATE_PATTERNS:
-        batch = list(client.scan_iter(match=pattern.format(chain=chain_id), count=1000))
-        for i in range(0, len(batch), 500):
-            deleted += int(client.delete(*batch[i : i + 500]))
-    deleted += int(client.delete(*CHAIN_STATE_KEYS))
-    return deleted
+#: Called before a managed devnet starts from genesis, with Redis and the chain id: forgets what ESP kept
+#: about the previous chain (``services.chainstate.reset_chain_state``, wired by ``python -m nodes``).
+FreshChainHook = Callable[[redis.Redis, int], object]
 
 
 class NodeManager:
     """Owns the pool's nodes for the life of the stack."""
 
-    def __init__(self, settings: Settings, redis_client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, redis_client: redis.Redis, *, on_fresh_chain: FreshChainHook | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
+        self.on_fresh_chain = on_fresh_chain
         self.registry = NodeRegistry(redis_client)
         self.backend = make_backend(settings)
         self.devnet: Devnet | None = None
@@ -115,7 +93,8 @@ class NodeManager:
                 self.registry.register(spec)
             self.registry.set_pool(leader="", backend="static", chain_id=chain_ids.pop(), devnet=False)
             return specs
-        reset_chain_state(self.redis, self.settings.chain_id)
+        if self.on_fresh_chain is not None:
+            self.on_fresh_chain(self.redis, self.settings.chain_id)
         self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
         return self.devnet.start()
 
@@ -178,10 +157,10 @@ class NodeManager:
         record_event(self.redis, kind, node_id, **data)
 
 
-def main(settings: Settings) -> int:
+def main(settings: Settings, *, on_fresh_chain: FreshChainHook | None = None) -> int:
     """Entry point of ``python -m nodes``: run the pool until SIGINT/SIGTERM."""
     redis_client = connect_redis(settings)
-    manager = NodeManager(settings, redis_client)
+    manager = NodeManager(settings, redis_client, on_fresh_chain=on_fresh_chain)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         manager.stop()
