@@ -1,18 +1,38 @@
 """ESP's exceptions, one tree under ``EspError``.
 
+The roots are defined here; a package that raises a family of its own defines it
+next to its code, under one of these roots (the module is named on the right).
+
     EspError
-     ├── ConfigError          bad or missing configuration, found at start
+     ├── ConfigError              bad or missing configuration, found at start
+     ├── CompileError             a contract does not compile                            contracts.build
      ├── NodeError
-     │    ├── NodeUnreachable  a node did not answer (connection refused, timeout)
-     │    ├── RpcError         a node answered with a JSON-RPC error object
-     │    ├── NodeStartError   a managed node could not be started
-     │    └── ChainDiverged    a follower's imported block differs from the leader's
-     ├── NoHealthyNode        no node in the pool may take the work now
-     ├── ValidationError      a request's field is malformed or impossible (HTTP 4xx)
-     ├── NotFound             a named resource does not exist (HTTP 404)
-     ├── Conflict             the request conflicts with the current state (HTTP 409)
-     ├── Unauthorized         a request that needs an API key came without a valid one (HTTP 401)
-     └── Forbidden            the caller's key may not do this (HTTP 403)
+     │    ├── NodeUnreachable     a node did not answer (connection refused, timeout)
+     │    ├── RpcError            a node answered with a JSON-RPC error object
+     │    ├── NodeStartError      a managed node could not be started
+     │    └── ChainDiverged       a follower's imported block differs from the leader's
+     ├── NoHealthyNode            no node in the pool may take the work now (HTTP 503)
+     │    ├── DispatchPaused      the pool's health index LBH < 0 pauses dispatch        nodepool.placement
+     │    └── NoNodeAnswered      every node tried failed to answer                      nodepool.failover
+     ├── ValidationError          a request's field is malformed or impossible (HTTP 4xx)
+     ├── NotFound                 a named resource does not exist (HTTP 404)
+     ├── Conflict                 the request conflicts with the current state (HTTP 409)
+     ├── Unauthorized             a request that needs an API key came without a valid one (HTTP 401)
+     ├── Forbidden                the caller's key may not do this (HTTP 403)
+     ├── PlatformNotDeployed      the platform contracts are not deployed yet (HTTP 503) services.views
+     ├── TaskFailed               a write task cannot succeed: ends its record as failed services.sending
+     ├── NodeBusy                 no node took a write now: the task retries later      services.sending
+     └── WalletError              the wallet's errors, each with its HTTP status         wallet.errors
+          ├── UnknownAccount (also NotFound), AccountExists (also Conflict)
+          ├── WrongPassword, KeystoreCorrupt, AccountLocked, KdfBusy
+          └── SendError
+               └── NonceTooLow, TxRejected, BroadcastFailed
+
+Outside the tree on purpose: the balancer's pure core raises its own stdlib-based
+``NoEligibleNode``/``PoolUnhealthy`` (balancer.exceptions; ``nodepool.placement``
+turns them into NoHealthyNode), ``contracts.abi.AbiError`` is a ValueError the
+services turn into ValidationError, and ``nodes.docker.stats.EngineBusy`` never
+leaves its module.
 
 ``app/errors.py`` alone maps these to RFC 9457 problem responses.
 """
