@@ -239,7 +239,10 @@ def load_calibration(raw: bytes | str | None, config: BalancerConfig) -> Calibra
     """The stored calibration under the current config; a fresh one when none (or an unreadable one) is stored."""
     if raw:
         try:
-            return Calibrator.from_dict(json.loads(raw)).reconcile(config)
+            stored = json.loads(raw)
+            if not isinstance(stored, dict):
+                raise TypeError(f"a JSON {type(stored).__name__}, not an object")
+            return Calibrator.from_dict(stored).reconcile(config)
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("stored calibration unreadable (%s): starting over", exc)
     return Calibrator.start(config)
