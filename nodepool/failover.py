@@ -3,7 +3,7 @@ placed by the balancer and counted in flight.
 
 Every caller that must reach *some* node (a read, a gas estimate, a receipt check,
 the block producer) goes through ``first_answer``; only the broadcast of signed
-bytes has its own protocol (``wallet.sender.broadcast``: it must tell "refused"
+bytes has its own protocol (``wallet.broadcast.broadcast``: it must tell "refused"
 from "maybe taken").
 
 Reads never go through Celery: the API process places them itself with the same

@@ -14,8 +14,8 @@ import redis
 from services.platform import DEPLOY_LOCK_KEY, PLATFORM_KEY
 from services.records import FAILED, TaskStore
 from services.watch import WATCH_KEY, WATCH_SET, ReceiptWatch
+from wallet.broadcast import PREPARED_PREFIX
 from wallet.nonces import PREFIX as NONCE_PREFIX
-from wallet.sender import PREPARED_PREFIX
 
 #: How long the failed records of tasks from the old chain are kept.
 FAILED_RECORD_TTL = 86400

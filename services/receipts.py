@@ -29,8 +29,9 @@ from nodepool.rpc import RpcClient, to_int
 from services.plans import OPERATIONS
 from services.records import CONFIRMED, FAILED, TaskStore
 from services.watch import ReceiptWatch
+from wallet.broadcast import broadcast, load_prepared, prepared_key, save_prepared
 from wallet.nonces import NonceManager
-from wallet.sender import PreparedTx, broadcast, load_prepared, prepared_key, replace, save_prepared
+from wallet.signing import PreparedTx, replace
 
 log = logging.getLogger(__name__)
 

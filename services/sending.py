@@ -1,7 +1,7 @@
 """Sending a write task's transactions: sign locally, allocate nonces in Redis, broadcast safely.
 
 A write task sends one or more transactions ("steps") from one account. For
-each step it follows wallet.sender's protocol: a prepared (signed) transaction
+each step it follows wallet.broadcast's protocol: a prepared (signed) transaction
 is stored in Redis under ``<task id>:<step>`` before it is first broadcast, so a
 task that runs again (worker killed, re-delivered) re-sends the same bytes and
 never signs a second transaction with a new nonce. Receipts are not awaited
@@ -36,18 +36,10 @@ from nodepool.pool import Pool
 from nodepool.rpc import RpcClient, to_int
 from services.records import BROADCAST, RUNNING, TaskStore
 from services.watch import ReceiptWatch
+from wallet.broadcast import broadcast, delete_prepared, load_prepared, prepared_key, save_prepared
 from wallet.errors import AccountLocked, BroadcastFailed, NonceTooLow, TxRejected
 from wallet.nonces import NonceManager
-from wallet.sender import (
-    PreparedTx,
-    broadcast,
-    delete_prepared,
-    load_prepared,
-    prepared_key,
-    save_prepared,
-    sign_transaction,
-    suggest_fees,
-)
+from wallet.signing import PreparedTx, sign_transaction, suggest_fees
 from wallet.unlock import UnlockStore
 
 log = logging.getLogger(__name__)

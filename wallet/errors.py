@@ -113,7 +113,7 @@ class NonceTooLow(SendError):
 
     The nonce's slot is taken on chain by another transaction, so ours can never
     be mined: the caller resyncs the nonce counter and signs again with a NEW
-    nonce (see ``wallet.sender.broadcast``).
+    nonce (see ``wallet.broadcast.broadcast``).
     """
 
     status = 409
@@ -131,7 +131,7 @@ class NonceTooLow(SendError):
 class TxRejected(SendError):
     """Raised when every node answered and refused the transaction for a definite reason.
 
-    ``kind`` is a ``wallet.sender.TxErrorKind`` value (insufficient_funds,
+    ``kind`` is a ``wallet.broadcast.TxErrorKind`` value (insufficient_funds,
     intrinsic_gas_too_low, replacement_underpriced, ...); ``node_message`` is the
     first node's own words. No node holds the transaction, so its nonce may be
     released for reuse - except for "replacement_underpriced", where another

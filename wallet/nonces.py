@@ -12,7 +12,7 @@ Keys, for chain ``c`` and lower-case address ``a`` (no key holds a secret):
 Each operation is one Lua script, so it is atomic against every other worker;
 no per-address lock is needed, and none is taken.
 
-The life of a nonce (the protocol ``wallet.sender`` documents for a task):
+The life of a nonce (the protocol ``wallet.broadcast`` documents for a task):
 
 1. ``allocate(addr, clients, owner=task_id)`` takes the lowest released nonce,
    else ``next`` (initialised from the pool's highest pending count on first use).
