@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
 
+from app import create_app
 from settings import ROOT, Settings
 
 REDIS_HOST = "127.0.0.1"
@@ -38,6 +41,7 @@ DB_BUSINESS = 15
 DB_LIMITS = 5
 DB_FUZZ = 6
 DB_ACCESS = 11
+DB_APP = 4
 
 
 def _redis_server_binary() -> str:
@@ -123,6 +127,31 @@ def make_settings(tmp_path: Path, **env: str) -> Settings:
 @pytest.fixture
 def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
     return lambda **env: make_settings(tmp_path, **env)
+
+
+# -- settings -> app -> client, as Flask's flaskr tutorial builds them ----------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for one test: its own run folder, the session's Redis (database DB_APP, emptied), no nodes."""
+    fresh_redis(DB_APP).close()
+    return make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_APP), ESP_FILES_DIR=str(tmp_path / "files"))
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    """The API built by ``create_app(settings)``, in testing mode; its Redis connections are closed after the test."""
+    application = create_app(settings)
+    application.config["TESTING"] = True
+    yield application
+    application.extensions["esp.pool"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of ``app``, sending no API key."""
+    return app.test_client()
 
 
 def child_env(**extra: str) -> dict[str, str]:
