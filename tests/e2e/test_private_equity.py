@@ -40,6 +40,7 @@ from tests.conftest import (
     wait_for_worker,
 )
 from tests.stack import wait_task
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,13 +86,15 @@ class Stack:
 
     def wait_for_nodes(self, count: int, timeout: float = 60) -> None:
         registry = NodeRegistry(self.redis)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.procs[0].poll() is None, (self.tmp / "nodes.log").read_text()[-2000:]
-            if len(registry.all()) == count and registry.pool().get("leader"):
-                return
-            time.sleep(0.1)
-        raise AssertionError("the node pool did not come up: " + (self.tmp / "nodes.log").read_text()[-2000:])
+
+        def nodes_log() -> str:
+            return (self.tmp / "nodes.log").read_text()[-2000:]
+
+        def pool_up() -> bool:
+            assert self.procs[0].poll() is None, nodes_log()
+            return len(registry.all()) == count and bool(registry.pool().get("leader"))
+
+        wait_for(pool_up, timeout, lambda: f"{count} nodes and a leader: " + nodes_log(), interval=0.1)
 
     def close(self) -> None:
         for proc in reversed(self.procs):
@@ -99,19 +102,21 @@ class Stack:
 
     def synced(self, block: int, timeout: float = 10) -> None:
         """Reads may go to any node: wait until every node has imported ``block``."""
-        deadline = time.monotonic() + timeout
-        for spec in NodeRegistry(self.redis).all():
-            client = RpcClient(spec.url, timeout=2)
-            while time.monotonic() < deadline:
-                try:
-                    if to_int(client.call("eth_blockNumber")) >= block:
-                        break
-                except NodeError:
-                    pass
-                time.sleep(0.02)
-            else:
-                raise AssertionError(f"{spec.id} did not reach block {block}")
-            client.close()
+        clients = {spec.id: RpcClient(spec.url, timeout=2) for spec in NodeRegistry(self.redis).all()}
+
+        def has_block(client: RpcClient) -> bool:
+            try:
+                return to_int(client.call("eth_blockNumber")) >= block
+            except NodeError:
+                return False  # restarting: ask again
+
+        try:
+            wait_for(lambda: all(has_block(c) for c in clients.values()), timeout,
+                     lambda: f"every node to reach block {block}; behind: {[i for i, c in clients.items() if not has_block(c)]}",
+                     interval=0.02)
+        finally:
+            for client in clients.values():
+                client.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 import psutil
@@ -19,6 +18,7 @@ import pytest
 from nodes.process import free_port
 from settings import ROOT
 from tests.conftest import DB_E2E, child_env, fresh_redis, redis_url
+from tests.waiting import wait_for
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, dict]:
@@ -56,17 +56,16 @@ def stack(tmp_path):
     proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     base = f"http://127.0.0.1:{api_port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
+        try:
+            return _get(base + "/readyz")[0] == 200
+        except OSError:
+            return False  # not listening yet
+
     try:
-        deadline = time.monotonic() + 60
-        status = 0
-        while time.monotonic() < deadline and status != 200:
-            assert proc.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
-            try:
-                status, _ = _get(base + "/readyz")
-            except OSError:
-                pass
-            time.sleep(0.3)
-        assert status == 200, (tmp_path / "stack.log").read_text()[-3000:]
+        wait_for(ready, 60, lambda: "/readyz to answer 200: " + (tmp_path / "stack.log").read_text()[-3000:], interval=0.3)
         yield proc, base, flower_port, run_dir, tmp_path / "stack.log"
     finally:
         if proc.poll() is None:
@@ -83,22 +82,22 @@ def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
     assert status == 200
     assert [n["id"] for n in nodes["nodes"]] == ["node-0", "node-1", "node-2"]
     assert all(n["url"].startswith("http://127.0.0.1:") for n in nodes["nodes"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def flower_answers() -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/", timeout=2) as r:
-                assert r.status == 200
-                break
+                return r.status == 200
         except OSError:
-            time.sleep(0.3)
-    else:
-        pytest.fail("Flower did not answer")
+            return False
+
+    wait_for(flower_answers, 30, "Flower to answer", interval=0.3)
     assert len([p for p in _stack_processes(run_dir) if p.name() == "anvil"]) == 3
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground process group
     proc.wait(30)
-    deadline = time.monotonic() + 10
-    while _stack_processes(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = [(p.pid, " ".join(p.cmdline())) for p in _stack_processes(run_dir) if p.is_running()]
-    assert not left, f"processes left behind: {left}"
+
+    def left_behind() -> list[tuple[int, str]]:
+        return [(p.pid, " ".join(p.cmdline())) for p in _stack_processes(run_dir) if p.is_running()]
+
+    wait_for(lambda: not left_behind(), 10, lambda: f"every process of the stack to exit; left behind: {left_behind()}",
+             interval=0.2)

@@ -37,6 +37,7 @@ from settings import Settings
 from tasks.monitor import ResourceSampler, sample_pool
 from tasks.recycler import recycle_step
 from tests.conftest import DB_BALANCER, fresh_redis, make_settings, redis_url
+from tests.waiting import wait_for
 
 INTERVAL = 0.5
 #: Init code that hashes 32 bytes in a loop until its gas runs out: ~135 ms of CPU per 30M-gas eth_call here.
@@ -145,7 +146,7 @@ class ReadStream:
             except Exception as exc:  # every failure is counted and fails the test
                 with self.lock:
                     self.failures.append(repr(exc))
-            time.sleep(0.002)
+            time.sleep(0.002)  # the readers' pace, not a wait for a condition
 
 
 def hammer(url: str, *, stop: threading.Event, until: float, max_calls: int) -> int:
@@ -305,20 +306,19 @@ def test_stale_snapshot_is_reported_and_placement_falls_back_to_answering_nodes(
     assert fresh["pool"]["stale"] is False and fresh["pool"]["snapshot_age_s"] < running.settings.stale_after
 
     # The monitor stops. Bounded poll until the stored snapshot is older than stale_after.
-    deadline = time.monotonic() + running.settings.stale_after + 5
-    body = fresh
-    while not body["pool"]["stale"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def stale_view() -> dict | None:
         body = client.get("/api/v1/nodes").get_json()
+        return body if body["pool"]["stale"] else None
+
+    body = wait_for(stale_view, running.settings.stale_after + 5, "the stored snapshot to go stale", interval=0.1)
     assert body["pool"]["stale"] is True and body["pool"]["snapshot_age_s"] > running.settings.stale_after
     assert [n["status"] for n in body["nodes"]] == ["up", "up", "up"]  # the last known state, flagged stale
 
     # A node dies while nobody samples: only the node manager notices (its sync loop).
     running.kill("node-2")
-    deadline = time.monotonic() + 10
-    while sync_statuses(running.redis).get("node-2", {}).get("status") != "down":
-        assert time.monotonic() < deadline, sync_statuses(running.redis)
-        time.sleep(0.05)
+    wait_for(lambda: sync_statuses(running.redis).get("node-2", {}).get("status") == "down", 10,
+             lambda: f"the node manager to report node-2 down: {sync_statuses(running.redis)}")
     placement = Placement(running.pool)
     choices = [placement.choose(kind) for kind in (TaskKind.READ, TaskKind.CALL) for _ in range(300)]
     assert all(c.fallback and c.zone is None for c in choices)

@@ -20,11 +20,12 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
 from errors import NodeError
-from nodepool.rpc import to_int
+from nodepool.rpc import RpcClient, to_int
 from tasks.business import DEPLOY_LOCK_KEY, PLATFORM_KEY, ensure_platform
 from tasks.status import TaskStore
 from tests.conftest import DB_BUSINESS
 from tests.stack import LocalStack, wait_task
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -86,17 +87,21 @@ def confirmed(client, response, stack: Stack | None = None) -> dict:
 
 def synced(stack: Stack, block: int, timeout: float = 10) -> None:
     """Followers import the leader's blocks a moment later: wait until each running node has ``block``."""
-    deadline = time.monotonic() + timeout
-    for i in range(len(stack.specs)):
-        while time.monotonic() < deadline:
-            try:
-                if to_int(stack.rpc(i).call("eth_blockNumber")) >= block:
-                    break
-            except NodeError:
-                break  # a node the test stopped
-            time.sleep(0.02)
-        else:
-            raise AssertionError(f"node-{i} did not reach block {block} within {timeout} s")
+    clients = [stack.rpc(i) for i in range(len(stack.specs))]
+
+    def has_block(client: RpcClient) -> bool:
+        try:
+            return to_int(client.call("eth_blockNumber")) >= block
+        except NodeError:
+            return True  # a node the test stopped
+
+    try:
+        wait_for(lambda: all(has_block(c) for c in clients), timeout,
+                 lambda: f"every running node to reach block {block}; behind: {[c.url for c in clients if not has_block(c)]}",
+                 interval=0.02)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def new_account(stack: Stack) -> str:
@@ -312,12 +317,12 @@ def test_publish_buy_download_and_no_double_payment(stack):
         first = client.post(f"/api/v1/projects/{pid}/buy", json={"buyer": second})
         again = client.post(f"/api/v1/projects/{pid}/buy", json={"buyer": second})
         assert first.status_code == again.status_code == 202
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # both sent (the second estimated before the first is mined)
+
+        def both_sent() -> bool:
             states = [client.get(f"/api/v1/tasks/{r.get_json()['id']}").get_json()["state"] for r in (first, again)]
-            if all(s in ("broadcast", "failed", "confirmed") for s in states):
-                break
-            time.sleep(0.1)
+            return all(s in ("broadcast", "failed", "confirmed") for s in states)
+
+        wait_for(both_sent, 30, "both purchases to be sent (the second estimated before the first is mined)", interval=0.1)
     finally:
         assert client.post("/api/v1/mining", json={"action": "start", "block_time": 1}, headers=ADMIN).status_code == 200
     results = [wait_task(client, r.get_json()["id"]) for r in (first, again)]
@@ -443,15 +448,15 @@ def test_mining_can_be_stopped_and_started(stack):
         stopped = client.post("/api/v1/mining", json={"action": "stop"}, headers=ADMIN).get_json()
         assert stopped["mining"] is False and stopped["mode"] == "off"
         head = stopped["block_number"]
-        time.sleep(2.2)
+        time.sleep(2.2)  # the window under test: two block times in which nothing may be mined
         assert to_int(stack.rpc(0).call("eth_blockNumber")) == head
     finally:
         started = client.post("/api/v1/mining", json={"action": "start", "block_time": 1}, headers=ADMIN).get_json()
     assert started["mode"] == "interval" and started["block_time"] == 1
-    deadline = time.monotonic() + 10
-    while to_int(stack.rpc(0).call("eth_blockNumber")) <= head and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert to_int(stack.rpc(0).call("eth_blockNumber")) > head
+    leader = stack.rpc(0)
+    wait_for(lambda: to_int(leader.call("eth_blockNumber")) > head, 10, f"a block after {head} once mining restarted",
+             interval=0.1)
+    leader.close()
 
 
 def test_zz_chain_reads_answer_and_fail_over(stack):

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from settings import ROOT
 from tasks.recycler import CURRENT_KEY, current_recycle
 from tests.conftest import DB_BALANCER, child_env, fresh_redis, make_settings, redis_url, stop_process
 from tests.integration.test_balancer_edge import INTERVAL, MonitoredPool, managed_pool, view_of
+from tests.waiting import wait_for
 
 
 def recycle_kinds(running: MonitoredPool) -> list[tuple[str, str]]:
@@ -193,15 +193,21 @@ def test_beat_runs_monitor_and_recycler_in_one_solo_control_worker(tmp_path: Pat
         with open(tmp_path / "worker.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            while running.redis.llen("esp:snapshot:history") < 3:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
-                time.sleep(0.2)
+
+            def worker_log() -> str:
+                return (tmp_path / "worker.log").read_text()[-3000:]
+
+            def sampled_three_times() -> bool:
+                assert proc.poll() is None, worker_log()
+                return int(running.redis.llen("esp:snapshot:history")) >= 3
+
+            def node_2_recycled() -> bool:
+                assert proc.poll() is None, worker_log()
+                return any(e["kind"] == "recycle-done" and e["node"] == "node-2" for e in recent_events(running.redis, 200))
+
+            wait_for(sampled_three_times, 60, lambda: "3 samples of the pool by beat: " + worker_log(), interval=0.2)
             running.kill("node-2")
-            deadline = time.monotonic() + 90
-            while not any(e["kind"] == "recycle-done" and e["node"] == "node-2" for e in recent_events(running.redis, 200)):
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
-                time.sleep(0.2)
+            wait_for(node_2_recycled, 90, lambda: "node-2 to be recycled: " + worker_log(), interval=0.2)
             spec = running.pool.registry.get("node-2")
             assert spec is not None and spec.generation == 1
             kinds = [k for k, n in recycle_kinds(running) if n == "node-2"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from nodepool.spec import NodeSpec
 from nodes.process import ProcessBackend, free_port
 from settings import DEV_TREASURY_KEY, Settings
 from tests.conftest import fresh_redis
+from tests.waiting import wait_for
 from wallet.nonces import NonceManager, pool_pending_count
 
 REDIS_DB = 12
@@ -188,12 +188,12 @@ def test_a_nonce_whose_holder_died_is_reused_not_skipped(r: redis.Redis, node: R
     leases = f"esp:nonce:{CHAIN_ID}:{address.lower()}:leases"
     deadline_ms = r.zscore(leases, str(lost))
     assert deadline_ms is not None
-    limit = time.monotonic() + 5.0  # bounded poll on the Redis clock until the lease has run out
-    while time.monotonic() < limit:
+
+    def lease_ran_out() -> bool:  # on the Redis clock, the one the scripts read
         seconds, micros = r.time()
-        if seconds * 1000 + micros // 1000 > deadline_ms:
-            break
-        time.sleep(0.05)
+        return seconds * 1000 + micros // 1000 > deadline_ms
+
+    wait_for(lease_ran_out, 5.0, f"the lease of nonce {lost} to run out")
     assert manager.allocate(address, [node]) == lost  # the gap is filled first
     assert manager.allocate(address, [node]) == kept + 1  # the recorded one is never handed out again
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from nodepool.spec import NodeSpec
 from nodes.process import ProcessBackend, free_port
 from settings import DEV_TREASURY_KEY, Settings
 from tests.conftest import fresh_redis
+from tests.waiting import wait_for
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 from wallet.nonces import NonceManager
 from wallet.sender import (
@@ -67,13 +67,7 @@ def dead_client(name: str = "dead") -> RpcClient:
 
 
 def wait_receipt(client: RpcClient, tx_hash: str, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        receipt = client.call("eth_getTransactionReceipt", [tx_hash])
-        if receipt:
-            return dict(receipt)
-        time.sleep(0.02)
-    raise AssertionError(f"no receipt for {tx_hash} within {timeout} s")
+    return dict(wait_for(lambda: client.call("eth_getTransactionReceipt", [tx_hash]), timeout, f"the receipt of {tx_hash}"))
 
 
 def transfer(sender: LocalAccount, nonce: int, fees: dict[str, int], value: int = 1, to: str = DEAD) -> PreparedTx:
@@ -130,9 +124,8 @@ def test_200_concurrent_transfers_from_one_account_land_with_nonces_0_to_199(r: 
     with ThreadPoolExecutor(8) as pool:
         sent = list(pool.map(one_task, range(200), timeout=120))
     assert sorted(p.nonce for p in sent) == list(range(200))
-    deadline = time.monotonic() + 60
-    while to_int(node.call("eth_getTransactionCount", [sender.address, "latest"])) < 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: to_int(node.call("eth_getTransactionCount", [sender.address, "latest"])) >= 200, 60,
+             "all 200 transactions to be mined")
     receipts = [wait_receipt(node, p.tx_hash) for p in sent]
     assert all(rc["status"] == "0x1" for rc in receipts)
     assert sorted(nonces_on_chain(node, sender.address)) == list(range(200))  # once each, no gap

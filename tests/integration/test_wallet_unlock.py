@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import redis
 
 from errors import ConfigError, ValidationError
 from tests import conftest
+from tests.waiting import wait_for
 from wallet.errors import AccountLocked, UnknownAccount, WrongPassword
 from wallet.keystore import Keystore
 from wallet.unlock import KEY_PREFIX, UnlockStore
@@ -118,10 +118,7 @@ def test_unlock_expires_after_its_ttl(r: redis.Redis, keystore: Keystore, accoun
     store = UnlockStore(r, SECRET)
     store.unlock(address, PASSWORD, 1, keystore)
     assert store.signer(address).address == address
-    deadline = time.monotonic() + 5.0  # bounded poll: Redis expires the key ~1 s after the unlock
-    while store.is_unlocked(address) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not store.is_unlocked(address)
+    wait_for(lambda: not store.is_unlocked(address), 5.0, "Redis to expire the unlock (TTL 1 s)")
     with pytest.raises(AccountLocked):
         store.signer(address)
 

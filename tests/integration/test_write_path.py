@@ -20,6 +20,7 @@ import pytest
 from nodepool.rpc import RpcClient, to_int
 from tests.conftest import DB_WRITES
 from tests.stack import LocalStack, wait_task
+from tests.waiting import wait_for
 
 PASSWORD = "correct horse battery staple 42"
 
@@ -37,10 +38,7 @@ def stack(tmp_path_factory, anvil_binary):
 
 def wait_head(rpc: RpcClient, block: int, timeout: float = 10) -> None:
     """Wait until ``rpc``'s node has imported ``block`` (followers trail the leader by milliseconds)."""
-    deadline = time.monotonic() + timeout
-    while to_int(rpc.call("eth_blockNumber")) < block:
-        assert time.monotonic() < deadline, f"{rpc.url} did not reach block {block}"
-        time.sleep(0.05)
+    wait_for(lambda: to_int(rpc.call("eth_blockNumber")) >= block, timeout, f"{rpc.url} to reach block {block}")
 
 
 def new_account(stack: Stack) -> str:
@@ -83,13 +81,16 @@ def test_account_is_created_funded_and_unlocked(stack):
     assert result["state"] == "confirmed", result
     assert set(result["result"]) >= {"tx_hash", "nonce", "block_number", "node"}
     # Followers import the block a few milliseconds after the node that confirmed it.
-    deadline = time.monotonic() + 10
-    while True:
-        receipt_everywhere = [stack.rpc(i).call("eth_getTransactionReceipt", [result["result"]["tx_hash"]]) for i in range(3)]
-        if all(receipt_everywhere) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert all(r and to_int(r["status"]) == 1 for r in receipt_everywhere)
+    nodes = [stack.rpc(i) for i in range(3)]
+
+    def receipt_everywhere() -> list | None:
+        receipts = [node.call("eth_getTransactionReceipt", [result["result"]["tx_hash"]]) for node in nodes]
+        return receipts if all(receipts) else None
+
+    receipts = wait_for(receipt_everywhere, 10, "the transaction's receipt on every node")
+    assert all(to_int(r["status"]) == 1 for r in receipts)
+    for node in nodes:
+        node.close()
 
 
 def test_thousand_concurrent_transfers_from_one_account(stack):
@@ -176,7 +177,7 @@ def test_worker_killed_mid_send_sends_each_transaction_once(stack):
             if children:
                 os.kill(children[0].pid, signal.SIGKILL)
                 killed += 1
-        time.sleep(0.3)
+        time.sleep(0.3)  # the pace of the kills, not a wait for a condition
     results = [wait_task(client, t, timeout=180) for t in ids]
     assert Counter(r["state"] for r in results) == {"confirmed": count}
     nonces = sorted(r["result"]["nonce"] for r in results)

@@ -33,6 +33,7 @@ from nodes.process import free_port
 from settings import ROOT
 from tests.conftest import DB_LIMITS, child_env, stop_process
 from tests.stack import LocalStack
+from tests.waiting import wait_for
 
 ADMIN_KEY = "security-server-admin-key-0123"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -63,16 +64,15 @@ class Server:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(["bash", "-c", "exec " + procfile_command("api")], cwd=ROOT, env=env,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
             try:
-                if requests.get(self.base + "/readyz", timeout=2).status_code == 200:
-                    return
+                return requests.get(self.base + "/readyz", timeout=2).status_code == 200
             except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("gunicorn did not become ready in 60 s:\n" + self.log_path.read_text()[-3000:])
+                return False  # not listening yet
+
+        wait_for(ready, 60, lambda: "gunicorn to become ready:\n" + self.log_path.read_text()[-3000:], interval=0.1)
 
     def close(self) -> None:
         stop_process(self.proc)
@@ -181,9 +181,8 @@ def test_no_secret_reaches_any_log(stack: LocalStack, server: Server) -> None:
     for response in (in_url, thesis, other):
         assert secret not in response.text
 
-    deadline = time.monotonic() + 10  # gunicorn logs a request after answering it
-    while server.log_path.read_text().count("[REDACTED]") < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # gunicorn logs a request after answering it.
+    wait_for(lambda: server.log_path.read_text().count("[REDACTED]") >= 4, 10, "gunicorn to log the 4 redacted values")
     access = server.log_path.read_text()
     assert "password=[REDACTED] HTTP/1.1" in access and "token=[REDACTED] HTTP/1.1" in access, access[-2000:]
     leaked = [str(p) for p in Path(stack.tmp).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

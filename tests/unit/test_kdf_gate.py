@@ -11,18 +11,12 @@ from pathlib import Path
 import pytest
 
 from errors import ConfigError
+from tests.waiting import wait_for
 from wallet.errors import KdfBusy, WrongPassword
 from wallet.kdf import KDF_NICE, KdfGate
 from wallet.keystore import Keystore
 
 FAST_N = 2**4
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def test_running_and_waiting_are_bounded_and_the_next_is_refused_at_once() -> None:
@@ -43,7 +37,7 @@ def test_running_and_waiting_are_bounded_and_the_next_is_refused_at_once() -> No
 
     with ThreadPoolExecutor(max_workers=5) as requests:
         futures = [requests.submit(gate.run, kdf) for _ in range(5)]
-        wait_until(lambda: gate.in_flight == 5 and running == 2)
+        wait_for(lambda: gate.in_flight == 5 and running == 2, 10, "2 KDFs running and 3 waiting", interval=0.005)
         assert gate.is_full
         t0 = time.monotonic()
         with pytest.raises(KdfBusy) as refused:
@@ -92,7 +86,7 @@ def test_keystore_creation_and_decryption_go_through_the_gate(tmp_path: Path) ->
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=1) as other:
         holder = other.submit(gate.run, release.wait, 10)  # the process's only place is taken
-        wait_until(lambda: gate.is_full)
+        wait_for(lambda: gate.is_full, 10, "the gate to be full", interval=0.005)
         with pytest.raises(KdfBusy):
             store.decrypt(address, "right password")
         with pytest.raises(KdfBusy):
