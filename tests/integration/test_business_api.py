@@ -19,10 +19,14 @@ import pytest
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
+from app.context import submitter
+from contracts import load_artifact
 from errors import NodeError
 from nodepool.rpc import RpcClient, to_int
-from tasks.business import DEPLOY_LOCK_KEY, PLATFORM_KEY, ensure_platform
-from tasks.status import TaskStore
+from services.plans import OPERATIONS
+from services.platform import DEPLOY_LOCK_KEY, PLATFORM_KEY, ensure_platform
+from services.records import TaskStore
+from tasks.writes import enqueue_on
 from tests.conftest import DB_BUSINESS
 from tests.stack import LocalStack, wait_task
 from tests.waiting import wait_for
@@ -49,15 +53,6 @@ class Stack(LocalStack):
     def platform(self) -> dict:
         raw = self.redis.get(PLATFORM_KEY)
         return json.loads(raw) if raw else {}
-
-    def wait_platform(self, timeout: float = 90) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            record = self.platform()
-            if record:
-                return record
-            time.sleep(0.2)
-        raise AssertionError("the platform was not deployed on start: " + (self.tmp / "control.log").read_text()[-3000:])
 
 
 STACKS: list[Stack] = []
@@ -159,11 +154,12 @@ def test_platform_is_deployed_on_start_and_not_twice(stack):
     assert len(deploys) == 1 and deploys[0]["state"] == "confirmed" and deploys[0]["kind"] == "deploy"
     assert deploys[0]["result"]["platform"]["PlatformToken"] == record["PlatformToken"]
     # The same check again (a second control worker, a restart): the platform is live, nothing is deployed.
-    assert ensure_platform(stack.app.extensions["esp.pool"], store, stack.celery)["action"] == "live"
+    check = (stack.app.extensions["esp.pool"], store, enqueue_on(stack.celery), OPERATIONS["deploy_platform"])
+    assert ensure_platform(*check)["action"] == "live"
     # A fresh devnet behind an old Redis: the recorded addresses hold no code -> one deploy, guarded by the lock.
     stack.redis.set(PLATFORM_KEY, json.dumps({**record, "PlatformToken": NOBODY, "ProjectMarket": NOBODY}))
-    first = ensure_platform(stack.app.extensions["esp.pool"], store, stack.celery)
-    second = ensure_platform(stack.app.extensions["esp.pool"], store, stack.celery)
+    first = ensure_platform(*check)
+    second = ensure_platform(*check)
     assert first["action"] == "enqueued" and first["reason"] == "fresh-chain"
     assert second == {"action": "in-flight", "task_id": first["task_id"]}
     done = wait_task(stack.client(admin=True), first["task_id"])  # ESP's own task: only an admin reads it
@@ -345,11 +341,10 @@ def test_a_revert_at_estimation_ends_the_task_with_its_reason(stack):
     record = stack.platform()
     # Past the API's checks on purpose (a transfer racing a burn): enqueue the operation as the API would.
     with stack.app.test_request_context(headers={"Authorization": f"Bearer {stack.user_key}"}):
-        from app.submit import submit
-
         stack.app.preprocess_request()  # authenticates the request as the user's key
-        response, _ = submit("token_transfer", {"token": record["PlatformToken"], "sender": account, "to": NOBODY, "value": "1"})
-    done = wait_task(client, response.get_json()["id"])
+        submitted = submitter().submit("token_transfer", {"token": record["PlatformToken"], "sender": account, "to": NOBODY,
+                                                          "value": "1"})
+    done = wait_task(client, submitted.record.id)
     assert done["state"] == "failed" and done["error"]["type"] == "reverted", done
     assert done["error"]["reason"] == "insufficient balance"
 
@@ -386,8 +381,6 @@ def test_upload_limits_and_bad_publish_requests(stack):
 def test_contracts_are_deployed_by_name_or_from_abi_and_bytecode(stack):
     stack.wait_platform()
     client = stack.client()
-    from contracts import load_artifact
-
     artifact = load_artifact("PlatformToken")
     custom = client.post("/api/v1/contracts", headers=ADMIN, json={
         "abi": artifact["abi"], "bytecode": artifact["bytecode"], "args": ["Custom", "CST", 0], "gas_limit": 2_000_000,

@@ -7,8 +7,8 @@ from services.platform import DEPLOY_LOCK_KEY, PAYLOAD_KEY, PLATFORM_KEY
 from services.records import CONFIRMED, FAILED, TaskStore
 from services.watch import WATCH_SET, ReceiptWatch
 from tests.conftest import DB_CHAINSTATE, fresh_redis
+from wallet.broadcast import PREPARED_PREFIX
 from wallet.nonces import PREFIX as NONCE_PREFIX
-from wallet.sender import PREPARED_PREFIX
 
 
 def test_reset_forgets_the_old_chain_and_fails_its_waiting_tasks() -> None:

@@ -6,12 +6,15 @@ import threading
 import time
 
 import pytest
+from eth_account import Account
 
 from app import create_app
 from errors import ConfigError
 from nodepool.registry import NodeControl, NodeRegistry
 from nodepool.rpc import RpcClient, to_int
 from nodes.manager import NodeManager, connect_redis
+from nodes.process import ProcessBackend
+from settings import DEV_TREASURY_KEY
 from tests.conftest import DB_FOUNDATION, fresh_redis, make_settings, redis_url
 
 
@@ -87,11 +90,6 @@ def test_healthz_needs_nothing(tmp_path):
 
 def test_static_anvils_are_kept_on_one_chain_with_devnet_sync(tmp_path, anvil_binary):
     """ESP_DEVNET_SYNC: anvils ESP did not start (as compose/devnet.yml runs them) become one chain."""
-    from eth_account import Account
-
-    from nodes.process import ProcessBackend
-    from settings import DEV_TREASURY_KEY
-
     outside = ProcessBackend(make_settings(tmp_path / "outside", ESP_BLOCK_TIME="1"))  # "someone else's" anvils
     try:
         specs = [outside.start("leader", role="leader"), outside.start("f1", role="follower"), outside.start("f2", role="follower")]

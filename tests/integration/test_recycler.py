@@ -19,8 +19,9 @@ from nodepool.rpc import RpcClient
 from nodepool.snapshot import status_overrides
 from nodes.manager import NodeManager
 from nodes.process import ProcessBackend
+from services.recycler import CURRENT_KEY, current_recycle
 from settings import ROOT
-from tasks.recycler import CURRENT_KEY, current_recycle
+from tasks.routing import CONTROL_QUEUE
 from tests.conftest import DB_BALANCER, child_env, fresh_redis, make_settings, redis_url, stop_process
 from tests.integration.test_balancer_edge import INTERVAL, MonitoredPool, managed_pool, view_of
 from tests.waiting import wait_for
@@ -182,13 +183,13 @@ def test_static_nodes_are_never_restarted_and_the_skip_is_recorded_once(static_p
 
 @pytest.mark.slow
 def test_beat_runs_monitor_and_recycler_in_one_solo_control_worker(tmp_path: Path) -> None:
-    """The real wiring: `celery -A tasks worker -B -P solo -Q esp.control` samples, detects and recycles."""
+    """The real wiring: `celery -A tasks.worker worker -B -P solo -Q esp.control` samples, detects and recycles."""
     with managed_pool(tmp_path) as running:
         env = child_env(ESP_REDIS_URL=redis_url(DB_BALANCER), ESP_RUN_DIR=str(tmp_path), ESP_BLOCK_TIME="1",
                         ESP_MONITOR_INTERVAL=str(INTERVAL), ESP_RECYCLE_AFTER="2",
                         ESP_KEYSTORE_DIR=str(tmp_path / "keystore"))
-        cmd = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-s", str(tmp_path / "beat-schedule"),
-               "-Q", "esp.control", "-n", "control@%h", "-P", "solo", "--without-mingle", "--without-gossip",
+        cmd = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-B", "-s", str(tmp_path / "beat-schedule"),
+               "-Q", CONTROL_QUEUE, "-n", "control@%h", "-P", "solo", "--without-mingle", "--without-gossip",
                "--loglevel=INFO"]
         with open(tmp_path / "worker.log", "ab") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -18,20 +18,10 @@ from nodes.process import ProcessBackend, free_port
 from settings import DEV_TREASURY_KEY, Settings
 from tests.conftest import fresh_redis
 from tests.waiting import wait_for
+from wallet.broadcast import broadcast, delete_prepared, find_transaction, load_prepared, prepared_key, save_prepared
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 from wallet.nonces import NonceManager
-from wallet.sender import (
-    PreparedTx,
-    broadcast,
-    delete_prepared,
-    find_transaction,
-    load_prepared,
-    prepared_key,
-    replace,
-    save_prepared,
-    sign_transaction,
-    suggest_fees,
-)
+from wallet.signing import PreparedTx, replace, sign_transaction, suggest_fees
 
 REDIS_DB = 12
 CHAIN_ID = 31337

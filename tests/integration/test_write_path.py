@@ -17,11 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 
+from balancer import TaskKind
 from nodepool.rpc import RpcClient, to_int
+from tasks.routing import QUEUE_OF_KIND, WRITE_QUEUES
 from tests.conftest import DB_WRITES
 from tests.stack import LocalStack, wait_task
 from tests.waiting import wait_for
+from wallet.keystore import Keystore
 
+CALLS = QUEUE_OF_KIND[TaskKind.CALL]
 PASSWORD = "correct horse battery staple 42"
 
 
@@ -137,9 +141,9 @@ def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
     deploy = admin.post("/api/v1/contracts", json={"name": "PlatformToken"})
     assert deploy.status_code == 202, deploy.get_json()
     deploy_task = deploy.get_json()["id"]
-    assert stack.redis.llen("esp.calls") == 500
+    assert stack.redis.llen(CALLS) == 500
     # The node the routing hook chose travels with each task, in its headers and in what Flower shows.
-    message = json.loads(stack.redis.lindex("esp.calls", 0))
+    message = json.loads(stack.redis.lindex(CALLS, 0))
     node_ids = {spec.id for spec in stack.specs}
     assert message["headers"]["esp_node"] in node_ids
     assert f"'routed_to': '{message['headers']['esp_node']}'" in message["headers"]["kwargsrepr"]
@@ -220,12 +224,12 @@ def test_bad_input_is_a_problem_naming_the_field_and_enqueues_nothing(stack, bod
     client = stack.client(admin=True)  # an admin, so that the treasury and unknown senders reach the checks
     treasury = client.get("/api/v1/accounts").get_json()["treasury"]
     body = {k: (treasury if v == "TREASURY" else v) for k, v in body.items()}
-    before = [stack.redis.llen(q) for q in ("esp.deploy", "esp.accounts", "esp.calls")], len(stack.redis.keys("esp:task:*"))
+    before = [stack.redis.llen(q) for q in WRITE_QUEUES], len(stack.redis.keys("esp:task:*"))
     response = client.post("/api/v1/transactions", json=body)
     assert response.status_code == status
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["field"] == field
-    after = [stack.redis.llen(q) for q in ("esp.deploy", "esp.accounts", "esp.calls")], len(stack.redis.keys("esp:task:*"))
+    after = [stack.redis.llen(q) for q in WRITE_QUEUES], len(stack.redis.keys("esp:task:*"))
     assert before == after
 
 
@@ -236,8 +240,6 @@ def test_unknown_task_is_404(stack):
 
 def test_zz_no_password_or_private_key_anywhere_in_redis(stack):
     """Runs last in this module: everything the broker and result backend stored is searched."""
-    from wallet.keystore import Keystore
-
     ks = Keystore(stack.settings.keystore_dir, work_factor=4096)
     keys = [ks.decrypt(address, PASSWORD).hex() for address in ks.list()]
     assert len(keys) >= 3

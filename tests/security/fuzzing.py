@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from tasks.business import PLATFORM_KEY
 from tests.conftest import DB_FUZZ
 from tests.stack import LocalStack
 
@@ -24,11 +22,7 @@ def start_stack(tmp: Path) -> LocalStack:
     stack = LocalStack(tmp, DB_FUZZ, name="fuzz", ESP_ADMIN_KEY=ADMIN_KEY, ESP_DEPLOY_PLATFORM="1", ESP_MAX_FILE_MB="1",
                        ESP_RATE_LIMIT="1000000 per minute")
     try:
-        deadline = time.monotonic() + 90
-        while not stack.redis.get(PLATFORM_KEY):
-            if time.monotonic() > deadline:
-                raise AssertionError("the platform was not deployed on start: " + (tmp / "control.log").read_text()[-3000:])
-            time.sleep(0.2)
+        stack.wait_platform(90)
     except BaseException:
         stack.close()
         raise

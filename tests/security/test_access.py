@@ -62,20 +62,10 @@ def account_of(stack: LocalStack, client) -> str:
     return address
 
 
-def wait_platform(stack: LocalStack) -> dict:
-    admin = stack.client(admin=True)
-    for _ in range(300):
-        listed = admin.get("/api/v1/contracts").get_json()
-        if listed.get("platform"):
-            return listed["platform"]
-        threading.Event().wait(0.2)
-    raise AssertionError("the platform was not deployed")
-
-
 @pytest.fixture(scope="module")
 def world(stack: LocalStack) -> dict:
     """Alice publishes a project with its file; Bob buys it; Mallory, a third user, owns an account too."""
-    wait_platform(stack)
+    stack.wait_platform()
     admin = stack.client(admin=True)
     keys = {name: admin.post("/api/v1/keys", json={"name": name}).get_json()["key"] for name in ("alice", "bob", "mallory")}
     clients = {name: stack.client(key) for name, key in keys.items()}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from errors import ConfigError
+from scripts.config_table import table
 from settings import DEV_SECRET_KEY, ROOT, Settings
 
 
@@ -60,8 +61,6 @@ def test_production_refuses_development_secrets():
 
 
 def test_readme_documents_every_variable():
-    from scripts.config_table import table
-
     readme = (ROOT / "README.md").read_text()
     documented = readme.split("<!-- config-table:start -->\n", 1)[1].split("\n<!-- config-table:end -->", 1)[0]
     assert documented == table(), "README's configuration table is stale: paste `python -m scripts.config_table`"

@@ -15,8 +15,9 @@ from flask import Flask, jsonify, request
 from app import errors, validation
 from app.chain import block_id
 from app.events import decode_cursor, encode_cursor
-from app.validation import MAX_UINT256, address, amount, integer, json_body, text, tx_hash
+from app.validation import json_body
 from errors import ValidationError
+from services.fields import MAX_UINT256, address, amount, integer, text, tx_hash
 
 DEPLOYMENT = "0x" + "ab" * 32
 NOT_ASCII_DIGITS = ["²", "٣", "\uff11", "Ⅻ", "1٣", "+1", " 1", "1 ", "1\n", "1_000", "0x1", "1e3", "1.0", "", "\ud800", "1\udc80"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -241,8 +242,6 @@ def test_malformed_addresses_are_validation_errors(store: Keystore, bad: object)
 
 
 def test_keyfile_name_matches_geths_layout() -> None:
-    import datetime as dt
-
     when = dt.datetime(2016, 3, 22, 12, 57, 55, 920751, tzinfo=dt.UTC)
     name = ks.keyfile_name("0x7EF5A6135F1FD6A02593EEDC869C6D41D934AEF8", when)
     assert name == "UTC--2016-03-22T12-57-55.920751Z--7ef5a6135f1fd6a02593eedc869c6d41d934aef8"

@@ -10,14 +10,11 @@ from hypothesis import strategies as st
 
 from errors import ValidationError
 from wallet.address import checksum, key_part
-from wallet.sender import (
-    DEFINITE_REFUSALS,
+from wallet.broadcast import DEFINITE_REFUSALS, TxErrorKind, broadcast, classify_error
+from wallet.signing import (
     PreparedTx,
-    TxErrorKind,
-    broadcast,
     bump_fees,
     cancel,
-    classify_error,
     has_fast_signing,
     normalise_fields,
     replace,
@@ -37,7 +34,7 @@ FIELDS = {
 @pytest.mark.parametrize(
     ("message", "code", "kind"),
     [
-        # anvil 1.7.1, as triggered on a real node (see wallet.sender's docstring)
+        # anvil 1.7.1, as triggered on a real node (see wallet.broadcast's docstring)
         ("nonce too low", -32003, TxErrorKind.NONCE_TOO_LOW),
         ("transaction already imported", -32003, TxErrorKind.ALREADY_KNOWN),
         ("replacement transaction underpriced", -32003, TxErrorKind.REPLACEMENT_UNDERPRICED),
