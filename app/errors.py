@@ -11,7 +11,7 @@ from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
-from app import guards
+from app.guards import breach_field, retry_after, too_large_body
 from errors import Conflict, EspError, Forbidden, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
 from wallet.errors import KdfBusy
 
@@ -79,14 +79,14 @@ def register(app: Flask) -> None:
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(exc: RateLimitExceeded) -> Response:
         response = problem(429, "Too Many Requests", f"rate limit exceeded: {exc.description}", kind="rate-limited",
-                           field=guards.breach_field(exc), limit=str(exc.limit.limit))
-        response.headers["Retry-After"] = str(guards.retry_after(exc))
+                           field=breach_field(exc), limit=str(exc.limit.limit))
+        response.headers["Retry-After"] = str(retry_after(exc))
         return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:
         # A multipart body found too large while parsed on a route without an upload allowance.
-        return validation(guards.too_large_body(request.max_content_length or 0))
+        return validation(too_large_body(request.max_content_length or 0))
 
     @app.errorhandler(NodeError)
     def node_error(exc: NodeError) -> Response:
