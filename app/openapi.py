@@ -15,13 +15,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from app.chain import BLOCK_PATTERN
 from app.context import settings
-from app.events import MAX_CURSOR_CHARS, MAX_LIMIT, MAX_PROJECT_ID, TYPES
 from app.nodes import MAX_EVENTS, MAX_HISTORY
 from app.projects import MAX_ID, MAX_PAGE
 from app.tasks_api import MAX_WAIT
 from contracts import artifact_names
+from services.chain import BLOCK_PATTERN
+from services.events import MAX_CURSOR_CHARS, MAX_LIMIT, MAX_PROJECT_ID, TYPES
 from services.fields import MAX_DIGITS, MAX_UINT256
 from services.idempotency import MAX_KEY_LENGTH
 from services.mining import ACTIONS, MAX_BLOCK_TIME

@@ -59,11 +59,11 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import check_admin, key_required
-from app.chain import read_block, read_receipt, read_transaction, transaction_count
 from app.context import accounts, market, pool, reader, settings, task_store, views
 from app.projects import publish_fields, upload_form
 from app.validation import json_body, json_text
 from errors import NodeError, ValidationError
+from services.chain import read_block, read_receipt, read_transaction, transaction_count
 from services.fields import address, amount, file_hash, integer, project_name, required
 from services.submit import Submitted
 from wallet.keystore import check_password
@@ -332,7 +332,7 @@ def tx_block_hash() -> tuple[Response, int]:
     raw = required(p, "blockHash")
     if not isinstance(raw, str) or len(raw) != 66:
         raise ValidationError("blockHash", "must be a 0x-prefixed 32-byte hex hash")
-    block, _ = read_block(raw, full=False, field="blockHash")
+    block, _ = read_block(reader(), raw, full=False, field="blockHash")
     return result(block)
 
 
@@ -340,28 +340,28 @@ def tx_block_hash() -> tuple[Response, int]:
 def tx_block_number() -> tuple[Response, int]:
     """A block by number (thesis: blockNum)."""
     p = params()
-    block, _ = read_block(_block_number(p), full=False, field="blockNum")
+    block, _ = read_block(reader(), _block_number(p), full=False, field="blockNum")
     return result(block)
 
 
 @route("/tx/txhash")
 def tx_by_hash() -> tuple[Response, int]:
     """A transaction by hash (thesis: txHash)."""
-    tx, _ = read_transaction(required(params(), "txHash"), field="txHash")
+    tx, _ = read_transaction(reader(), required(params(), "txHash"), field="txHash")
     return result(tx)
 
 
 @route("/tx/txNum")
 def tx_num() -> tuple[Response, int]:
     """How many transactions a block holds (thesis: blockNum)."""
-    count, _ = transaction_count(_block_number(params()), field="blockNum")
+    count, _ = transaction_count(reader(), _block_number(params()), field="blockNum")
     return result(count)
 
 
 @route("/tx/receipt")
 def tx_receipt() -> tuple[Response, int]:
     """A transaction's receipt (thesis: txHash); the thesis returns its receiver, ``to``."""
-    receipt, _ = read_receipt(required(params(), "txHash"), field="txHash")
+    receipt, _ = read_receipt(reader(), required(params(), "txHash"), field="txHash")
     return result({"to": receipt.get("to"), "status": receipt.get("status"), "contract_address": receipt.get("contractAddress"),
                    "receipt": receipt})
 

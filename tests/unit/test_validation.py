@@ -13,10 +13,10 @@ import pytest
 from flask import Flask, jsonify, request
 
 from app import errors, validation
-from app.chain import block_id
-from app.events import decode_cursor, encode_cursor
 from app.validation import json_body
 from errors import ValidationError
+from services.chain import block_id
+from services.events import decode_cursor, encode_cursor
 from services.fields import MAX_UINT256, address, amount, integer, text, tx_hash
 
 DEPLOYMENT = "0x" + "ab" * 32
