@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, jsonify
 
 from app.context import pool, settings
-from errors import NodeError
-from nodepool.pool import Pool
-from nodepool.spec import NodeSpec
+from nodepool.probe import probe_all
 
 bp = Blueprint("health", __name__)
 _started = time.time()
@@ -36,12 +33,7 @@ def readyz() -> tuple[Response, int]:
     except redis.RedisError as exc:
         checks["redis"] = {"ok": False, "url": _redact(settings().redis_url), "error": str(exc)}
         specs = []
-    if specs:
-        the_pool, timeout = pool(), settings().probe_timeout  # worker threads have no app context
-        with ThreadPoolExecutor(max_workers=min(8, len(specs))) as ex:
-            checks["nodes"] = list(ex.map(lambda spec: _probe(the_pool, spec, timeout), specs))
-    else:
-        checks["nodes"] = []
+    checks["nodes"] = probe_all(pool(), specs, settings().probe_timeout)
     answering = sum(1 for n in checks["nodes"] if n["ok"])
     ready = checks["redis"]["ok"] and answering > 0
     body = {
@@ -51,15 +43,6 @@ def readyz() -> tuple[Response, int]:
         "nodes_registered": len(specs),
     }
     return jsonify(body), 200 if ready else 503
-
-
-def _probe(the_pool: Pool, spec: NodeSpec, timeout: float) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    try:
-        chain_id = int(the_pool.rpc(spec, timeout=timeout).call("eth_chainId"), 16)
-        return {"id": spec.id, "url": spec.url, "ok": True, "chain_id": chain_id, "latency_ms": _ms(t0)}
-    except NodeError as exc:
-        return {"id": spec.id, "url": spec.url, "ok": False, "error": str(exc)}
 
 
 def _ms(t0: float) -> float:

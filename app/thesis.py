@@ -62,7 +62,8 @@ from app.auth import check_admin, key_required
 from app.context import accounts, market, pool, reader, settings, task_store, views
 from app.projects import publish_fields, upload_form
 from app.validation import json_body, json_text
-from errors import NodeError, ValidationError
+from errors import ValidationError
+from nodepool.probe import probe_all
 from services.chain import read_block, read_receipt, read_transaction, transaction_count
 from services.fields import address, amount, file_hash, integer, project_name, required
 from services.submit import Submitted
@@ -270,13 +271,8 @@ def token_buy() -> tuple[Response, int]:
 @route("/conn/connect")
 def conn_connect() -> tuple[Response, int]:
     """Whether ESP reaches the Ethereum pool: nodes answering, chain id and head."""
-    nodes: list[dict[str, Any]] = []
-    for spec in pool().nodes():
-        try:
-            chain_id, head = pool().rpc(spec, timeout=settings().probe_timeout).batch([("eth_chainId", []), ("eth_blockNumber", [])])
-            nodes.append({"id": spec.id, "ok": True, "chain_id": int(chain_id, 16), "block_number": int(head, 16)})
-        except NodeError as exc:
-            nodes.append({"id": spec.id, "ok": False, "error": str(exc)})
+    nodes = [{k: v for k, v in n.items() if k not in ("url", "latency_ms")}
+             for n in probe_all(pool(), pool().nodes(), settings().probe_timeout)]
     answering = [n for n in nodes if n["ok"]]
     data = {"connected": bool(answering), "chain_id": answering[0]["chain_id"] if answering else None,
             "block_number": max((int(n["block_number"]) for n in answering), default=None), "nodes": nodes}
