@@ -92,17 +92,17 @@ def transaction_count(reader: ReadClient, raw: str, field: str = "block") -> tup
 
 def read_transaction(reader: ReadClient, raw: str, field: str = "hash") -> tuple[dict[str, Any], str]:
     """A transaction by hash (404 naming ``field`` when no node knows it)."""
-    digest = tx_hash(raw, field)
-    tx, node = reader.call_with_node("eth_getTransactionByHash", [digest])
-    if tx is None:
-        raise NotFound(f"no transaction {digest} known to the pool", field=field)
-    return decode_quantities(tx), node
+    return _by_hash(reader, "eth_getTransactionByHash", raw, field, "no transaction {} known to the pool")
 
 
 def read_receipt(reader: ReadClient, raw: str, field: str = "hash") -> tuple[dict[str, Any], str]:
     """A mined transaction's receipt (404 naming ``field`` while there is none)."""
+    return _by_hash(reader, "eth_getTransactionReceipt", raw, field, "no receipt for {}: unknown or not mined yet")
+
+
+def _by_hash(reader: ReadClient, method: str, raw: str, field: str, missing: str) -> tuple[dict[str, Any], str]:
     digest = tx_hash(raw, field)
-    receipt, node = reader.call_with_node("eth_getTransactionReceipt", [digest])
-    if receipt is None:
-        raise NotFound(f"no receipt for {digest}: unknown or not mined yet", field=field)
-    return decode_quantities(receipt), node
+    found, node = reader.call_with_node(method, [digest])
+    if found is None:
+        raise NotFound(missing.format(digest), field=field)
+    return decode_quantities(found), node
