@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -197,9 +198,10 @@ def plot_resources(run: dict[str, Any], path: Path) -> None:
     res = run["resources"]
     fig = agg_figure((9, 6))
     cpu_ax, mem_ax = fig.subplots(2, 1, sharex=True)
-    for name in sorted(res["cpu_percent"]):
-        cpu_ax.plot(res["t"], res["cpu_percent"][name], label=name, linewidth=1)
-        mem_ax.plot(res["t"], res["rss_mb"][name], label=name, linewidth=1)
+    palette = colormaps["tab20"].colors  # ESP has a dozen components: the default 10 colours would repeat
+    for i, name in enumerate(sorted(res["cpu_percent"])):
+        cpu_ax.plot(res["t"], res["cpu_percent"][name], label=name, linewidth=1, color=palette[i % len(palette)])
+        mem_ax.plot(res["t"], res["rss_mb"][name], label=name, linewidth=1, color=palette[i % len(palette)])
     cpu_ax.set_ylabel("CPU (% of one core)")
     mem_ax.set_ylabel("RSS (MB)")
     mem_ax.set_xlabel("time since the run started (s)")
