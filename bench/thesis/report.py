@@ -198,10 +198,10 @@ def plot_resources(run: dict[str, Any], path: Path) -> None:
     res = run["resources"]
     fig = agg_figure((9, 6))
     cpu_ax, mem_ax = fig.subplots(2, 1, sharex=True)
-    palette = colormaps["tab20"].colors  # ESP has a dozen components: the default 10 colours would repeat
+    palette = colormaps["tab20"]  # ESP has a dozen components: the default 10 colours would repeat
     for i, name in enumerate(sorted(res["cpu_percent"])):
-        cpu_ax.plot(res["t"], res["cpu_percent"][name], label=name, linewidth=1, color=palette[i % len(palette)])
-        mem_ax.plot(res["t"], res["rss_mb"][name], label=name, linewidth=1, color=palette[i % len(palette)])
+        cpu_ax.plot(res["t"], res["cpu_percent"][name], label=name, linewidth=1, color=palette(i % palette.N))
+        mem_ax.plot(res["t"], res["rss_mb"][name], label=name, linewidth=1, color=palette(i % palette.N))
     cpu_ax.set_ylabel("CPU (% of one core)")
     mem_ax.set_ylabel("RSS (MB)")
     mem_ax.set_xlabel("time since the run started (s)")
