@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from balancer import POLICY_NAMES
@@ -95,7 +96,7 @@ class Bar:
         self.task = self.progress.add_task("starting", total=total)
 
     def describe(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
+        self.progress.update(self.task, description=escape(text))
 
     def advance(self, _record: OpRecord) -> None:
         self.progress.advance(self.task)
@@ -105,7 +106,7 @@ class Bar:
         self.progress.advance(self.task, n)
 
     def log(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(escape(text))  # "[degraded]" is a label, not rich markup
 
 
 def measure(target: EspTarget | MonolithTarget, roots: Callable[[], Iterable[int]], case: Case, bar: Bar, cap_s: float,
