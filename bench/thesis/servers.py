@@ -31,6 +31,10 @@ STOP_TIMEOUT = 10.0
 #: gunicorn kills a worker silent this long; writes wait for mining (ESP_TX_DEADLINE, 60 s) on sync workers.
 WORKER_TIMEOUT = 120
 WORKER_CLASSES = ("gthread", "sync")
+#: Seconds gunicorn keeps an idle connection: longer than httpx's 5 s keep-alive expiry, so the client
+#: closes first. With gunicorn's default 2 s a pooled connection the server had just closed was reused
+#: now and then (httpx.ReadError at 200 concurrent operations), a failure of the harness, not the app.
+KEEP_ALIVE = 10
 
 
 class SingleNode:
@@ -119,6 +123,7 @@ class MonolithServer:
         """The gunicorn command line."""
         cmd = [sys.executable, "-m", "gunicorn", "--worker-class", self.worker_class, "--workers", str(self.workers),
                "--bind", f"127.0.0.1:{self.port}", "--timeout", str(WORKER_TIMEOUT), "--graceful-timeout", "5",
+               "--keep-alive", str(KEEP_ALIVE),
                "--backlog", "4096", "--log-level", "warning"]
         if self.worker_class == "gthread":
             cmd += ["--threads", str(self.threads)]
