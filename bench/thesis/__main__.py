@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from balancer import POLICY_NAMES
 from bench.policies import Stall
-from bench.stack import RunningStack
+from bench.stack import RESULTS, RunningStack
 from bench.thesis import loadgen, report
 from bench.thesis.loadgen import OpRecord
 from bench.thesis.sampler import Sampler
@@ -229,12 +229,22 @@ def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_li
 
 # ---- the control ----------------------------------------------------------------------------------
 
+def tuned_monolith() -> dict[str, Any]:
+    """The control's best gunicorn configuration, as ``python -m bench.thesis.tune_monolith`` chose it (its defaults if never tuned)."""
+    path = RESULTS / "monolith_config.json"
+    if not path.exists():
+        return {}
+    best = json.loads(path.read_text())["best"]
+    return {"workers": int(best["workers"]), "threads": int(best["threads"]), "worker_class": str(best["worker_class"])}
+
+
 def run_control(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float) -> list[dict[str, Any]]:
     """Start the one anvil and the monolith, set up, measure each case."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="control-thesis-") as tmp:
         bar.describe("starting the control")
-        with SingleNode(Path(tmp), block_time=1.0) as node, MonolithServer(node.url, Path(tmp), scrypt_n=scrypt_n) as mono:
+        best = tuned_monolith()
+        with SingleNode(Path(tmp), block_time=1.0) as node, MonolithServer(node.url, Path(tmp), scrypt_n=scrypt_n, **best) as mono:
             target = MonolithTarget(mono.url)
             bar.describe("setting up the control")
             setup(target)
