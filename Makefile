@@ -54,10 +54,12 @@ unit: dev-deps
 integration: dev-deps node-tools redis-bin
 	$(BIN)/pytest tests/integration
 
-bench: install
+# The benchmarks' own tools (httpx, matplotlib, rich) are pinned with the test tools.
+bench: install dev-deps
 	$(BIN)/python -m bench.devnet
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.writes
+	$(BIN)/python -m bench.thesis quick
 
 image: install
 	scripts/build-image.sh
