@@ -6,12 +6,18 @@ writes bench/results/thesis/quick.{json,md} and the plots, and prints the table
 and ESP-3 ÷ control per concurrency with both sides' error counts. Sized to finish
 in under 10 minutes on 2 cores (``--count``).
 
-``python -m bench.thesis full``: the matrix: C = 200/600/1,000/1,200 x pool sizes
-1/3/5/8 x every ESP_BALANCER_POLICY x scenarios healthy / one node degraded
-(a follower SIGSTOPped in a duty cycle, as bench/policies.py does) / one node
-killed (a follower SIGKILLed a third of the way through), plus the control at
-each C; ``--node-bound`` adds the regime where nodes are docker containers each
-capped to ``--cpu-limit`` of a core (pools 1/3/5, thesis and read-heavy mixes).
+``python -m bench.thesis full --part NAME``: one part of the matrix (bench/thesis/plan.py:
+``scale``, ``policies``, ``mixes``, ``node-bound``), each well under an hour on 2 cores,
+each writing bench/results/thesis/full-<part>.{json,md} and its plots, then merging
+every part there is into full.md. ``full`` alone runs every part in order; ``--dry-run``
+prints each part's runs and estimated time and starts nothing. ``python -m bench.thesis
+report`` only merges: full.md holds ESP-3 ÷ control at each C with both sides' errors,
+node-bound 3 ÷ 1 and 5 ÷ 1 nodes, and esp ÷ round_robin with a node degraded or killed.
+
+A degraded node is a follower SIGSTOPped in a duty cycle (as bench/policies.py
+does); a killed node is a follower SIGKILLed a third of the way through; the
+node-bound regime runs nodes as docker containers each capped to ``--cpu-limit``
+of a core.
 
 Every run: a fixed number of operations, a wall-clock cap, loopback only. Both
 sides use the same scrypt cost for keystores (``--scrypt-n``, ESP's default),
@@ -35,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +49,18 @@ import psutil
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from balancer import POLICY_NAMES
 from bench.policies import Stall
 from bench.stack import RESULTS, RunningStack
 from bench.thesis import loadgen, report
 from bench.thesis.loadgen import OpRecord
+from bench.thesis.plan import PARTS, QUICK_CAP_S, QUICK_COUNT, QUICK_LEVELS, Case, Plan, describe, estimate, minutes, quick_plan
 from bench.thesis.sampler import Sampler
 from bench.thesis.servers import MonolithServer, SingleNode
 from bench.thesis.targets import EspTarget, MonolithTarget
-from bench.thesis.workloads import MIXES, READ_HEAVY, THESIS, sequence
+from bench.thesis.workloads import MIXES, sequence
 from settings import ROOT
 from wallet.keystore import DEFAULT_SCRYPT_N
 
-LEVELS = (200, 600, 1000, 1200)
-POOL_SIZES = (1, 3, 5, 8)
-NODE_BOUND_POOLS = (1, 3, 5)
-SCENARIOS = ("healthy", "degraded", "killed")
-QUICK_LEVELS = (200, 600)
-QUICK_COUNT = 1200
-FULL_COUNT = 2400
-QUICK_CAP_S = 120.0  # 4 runs x 120 s + 2 starts and setups stays under 10 minutes
-FULL_CAP_S = 300.0
 SETUP_ACCOUNTS = 8
 SETUP_TRANSACTIONS = 8
 STALL_S, STALL_PERIOD_S = 0.3, 1.0  # the degraded node: frozen 300 ms of every second
@@ -71,21 +68,6 @@ KILL_AT = 1 / 3  # the killed node dies once this share of the operations is don
 POOL_UP_TIMEOUT_S = 90.0
 REDIS_DB = 11  # bench.writes uses 5, bench.policies 6, the tests 7-10 and 13-15
 BENCH_ENV = {"ESP_UNLOCK_RATE_LIMIT": "1000000 per minute", "ESP_DEPLOY_PLATFORM": "0", "ESP_BLOCK_TIME": "1"}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One measured run: which system, how configured, which load."""
-
-    system: str  # "esp" or "control"
-    nodes: int
-    policy: str | None
-    scenario: str
-    mix: str
-    concurrency: int
-    count: int
-    seed: int
-    backend: str = "process"
 
 
 class Bar:
@@ -258,25 +240,6 @@ def run_control(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float) ->
 
 # ---- plans ----------------------------------------------------------------------------------------
 
-def quick_plan(count: int, levels: Sequence[int]) -> list[list[Case]]:
-    esp = [Case("esp", 3, "esp", "healthy", THESIS.name, c, count, seed=c) for c in levels]
-    control = [Case("control", 1, None, "healthy", THESIS.name, c, count, seed=c) for c in levels]
-    return [esp, control]
-
-
-def full_plan(count: int, levels: Sequence[int], pools: Sequence[int], policies: Sequence[str], node_bound: bool) -> list[list[Case]]:
-    groups = [[Case("control", 1, None, "healthy", THESIS.name, c, count, seed=c) for c in levels]]
-    for nodes in pools:
-        for policy in policies:
-            scenarios = SCENARIOS if nodes > 1 else ("healthy",)  # one node has no other to fail over to
-            groups.append([Case("esp", nodes, policy, s, THESIS.name, c, count, seed=c) for s in scenarios for c in levels])
-    if node_bound:
-        for nodes in NODE_BOUND_POOLS:
-            groups.append([Case("esp", nodes, "esp", "healthy", mix.name, c, count, seed=c, backend="docker")
-                           for mix in (THESIS, READ_HEAVY) for c in levels])
-    return groups
-
-
 def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     return {"machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB RAM",
@@ -296,41 +259,70 @@ def execute(groups: Sequence[Sequence[Case]], scrypt_n: int, cap_s: float, cpu_l
     return runs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.thesis", description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("quick", "full"))
-    parser.add_argument("--count", type=int, help=f"operations per run (quick {QUICK_COUNT}, full {FULL_COUNT})")
-    parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], help="concurrency levels, comma-separated")
-    parser.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help="keystore scrypt cost on both sides")
-    parser.add_argument("--cap", type=float, help="wall-clock cap of one run, in seconds (quick 120, full 300)")
-    parser.add_argument("--pools", type=lambda s: [int(x) for x in s.split(",")], default=list(POOL_SIZES))
-    parser.add_argument("--policies", type=lambda s: s.split(","), default=list(POLICY_NAMES))
-    parser.add_argument("--node-bound", action="store_true", help="full: add the docker regime (needs a container engine)")
-    parser.add_argument("--cpu-limit", type=float, default=0.5, help="node-bound: each node's CPU cap, in cores")
-    args = parser.parse_args()
+def run_plan(name: str, title: str, groups: Plan, count: int | None, cap: float, args: argparse.Namespace,
+             extra: dict[str, Any]) -> Path:
+    """Run a plan, write its results under ``name``; the table's path."""
+    cases = [c for g in groups for c in g]
+    counts = sorted({c.count for c in cases})
+    levels = sorted({c.concurrency for c in cases})
     started = time.monotonic()
-    if args.mode == "quick":
-        count, levels = args.count or QUICK_COUNT, args.levels or list(QUICK_LEVELS)
-        groups = quick_plan(count, levels)
-    else:
-        count, levels = args.count or FULL_COUNT, args.levels or list(LEVELS)
-        groups = full_plan(count, levels, args.pools, args.policies, args.node_bound)
-    cap = args.cap or (QUICK_CAP_S if args.mode == "quick" else FULL_CAP_S)
-    print(f"{args.mode}: {sum(len(g) for g in groups)} runs of {count} operations each (thesis mix), "
-          f"C = {', '.join(map(str, levels))}, scrypt n = {args.scrypt_n}, cap {cap:.0f} s per run")
     runs = execute(groups, args.scrypt_n, cap, args.cpu_limit)
     took = time.monotonic() - started
-    meta = {**machine(), "mode": args.mode, "count": count, "levels": levels, "cap_s": cap, "scrypt_n": args.scrypt_n,
+    meta = {**machine(), "mode": name, **extra, "count": count if count else counts, "levels": levels, "cap_s": cap,
+            "scrypt_n": args.scrypt_n, "cpu_limit": args.cpu_limit,
             "setup": {"accounts": SETUP_ACCOUNTS, "transactions": SETUP_TRANSACTIONS, "bench_env": BENCH_ENV},
-            "took_s": round(took, 1),
-            "title": f"# Thesis experiment, {args.mode}: {count} operations per run, {machine()['machine']}"}
-    path = report.write(args.mode, meta, runs)
+            "took_s": round(took, 1), "title": f"# Thesis experiment, {title}: {count} operations per run, {machine()['machine']}"}
+    json.dumps(meta)  # fail loudly here, not halfway through the write, if meta is not JSON
+    path = report.write(name, meta, runs, args.out)
     print(path.read_text())
     for row in report.ratios(runs):
-        print(f"C={row['concurrency']}: ESP-3 ÷ control = {row['ratio']} ({row['esp_s']} s / {row['control_s']} s), "
+        print(f"{row['mix']} C={row['concurrency']}: ESP-3 ÷ control = {row['ratio']} ({row['esp_s']} s / {row['control_s']} s), "
               f"errors ESP-3 {row['esp_errors']}, control {row['control_errors']}")
-    print(f"{args.mode} took {took:.0f} s; figures in {path.parent}")
-    json.dumps(meta)  # fail loudly here, not halfway through a later write, if meta is not JSON
+    print(f"{name} took {took:.0f} s; figures in {path.parent}")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.thesis", description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("quick", "full", "report"))
+    parser.add_argument("--part", choices=list(PARTS), action="append",
+                        help="full: run only this part (repeatable); without it, every part in order")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and the estimated time, start nothing")
+    parser.add_argument("--count", type=int, help=f"operations per run (quick {QUICK_COUNT}; full: each part's own)")
+    parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], help="concurrency levels, comma-separated")
+    parser.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help="keystore scrypt cost on both sides")
+    parser.add_argument("--cap", type=float, help="wall-clock cap of one run, in seconds (quick 120; full: each part's own)")
+    parser.add_argument("--cpu-limit", type=float, default=0.5, help="node-bound: each node's CPU cap, in cores")
+    parser.add_argument("--out", type=Path, default=report.OUT, help=f"results folder (default {report.OUT})")
+    args = parser.parse_args()
+    if args.mode == "report":
+        print(report.write_full(list(PARTS), args.out).read_text())
+        return
+    if args.mode == "quick":
+        count, cap = args.count or QUICK_COUNT, args.cap or QUICK_CAP_S
+        groups = quick_plan(count, args.levels or list(QUICK_LEVELS))
+        for line in describe("quick", groups, cap):
+            print(line)
+        if not args.dry_run:
+            run_plan("quick", "quick", groups, count, cap, args, {})
+        return
+    parts = [PARTS[name] for name in (args.part or list(PARTS))]
+    planned = [(part, part.plan(args.count, args.levels), args.cap or part.cap_s) for part in parts]
+    total = [0.0, 0.0]
+    for part, groups, cap in planned:
+        for line in describe(f"part {part.name}", groups, cap):
+            print(line)
+        expected, worst = estimate(groups, cap)
+        total = [total[0] + expected, total[1] + worst]
+    if len(planned) > 1:
+        print(f"all {len(planned)} parts: estimated {minutes(total[0])} (worst case {minutes(total[1])})")
+    if args.dry_run:
+        return
+    for part, groups, cap in planned:
+        print(f"part {part.name}: {part.question}")
+        run_plan(f"full-{part.name}", f"full, part {part.name}", groups, args.count or part.count, cap, args,
+                 {"part": part.name, "question": part.question})
+        print(report.write_full(list(PARTS), args.out).read_text())  # the merge is current after every part
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def ratios(runs: Sequence[dict[str, Any]], nodes: int = 3) -> list[dict[str, Any
     out = []
     controls = {(r["mix"], r["concurrency"]): r for r in runs if r["system"] == "control" and r["scenario"] == "healthy"}
     for r in runs:
-        if r["system"] != "esp" or r["nodes"] != nodes or r["scenario"] != "healthy":
+        if r["system"] != "esp" or r["nodes"] != nodes or r["scenario"] != "healthy" or r.get("backend", "process") != "process":
             continue
         control = controls.get((r["mix"], r["concurrency"]))
         if control is None:
@@ -118,6 +118,56 @@ def ratios(runs: Sequence[dict[str, Any]], nodes: int = 3) -> list[dict[str, Any
     return out
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def pool_ratios(runs: Sequence[dict[str, Any]], backend: str = "docker", pools: Sequence[int] = (3, 5),
+                base: int = 1) -> list[dict[str, Any]]:
+    """For each mix and concurrency: completion of ``base`` nodes and of each pool in ``pools``, and pool ÷ base.
+
+    Only healthy ESP runs of ``backend`` with the esp policy; a run that did not finish has no completion and no ratio.
+    """
+    mine = {(r["mix"], r["concurrency"], r["nodes"]): r for r in runs
+            if r["system"] == "esp" and r["scenario"] == "healthy" and r.get("backend", "process") == backend
+            and r["policy"] == "esp"}
+    out = []
+    for mix, c in sorted({(m, c) for m, c, _ in mine}, key=lambda k: (k[0] != "thesis", k[0], k[1])):
+        one = mine.get((mix, c, base))
+        if one is None:
+            continue
+        row: dict[str, Any] = {"mix": mix, "concurrency": c, "count": one["count"],
+                               f"n{base}_s": one["summary"]["completion_s"], f"n{base}_errors": one["summary"]["error_count"]}
+        for n in pools:
+            other = mine.get((mix, c, n))
+            row[f"n{n}_s"] = other["summary"]["completion_s"] if other else None
+            row[f"n{n}_errors"] = other["summary"]["error_count"] if other else None
+            row[f"n{n}_ratio"] = _ratio(row[f"n{n}_s"], row[f"n{base}_s"])
+        out.append(row)
+    return out
+
+
+def policy_ratios(runs: Sequence[dict[str, Any]], policy: str = "esp", baseline: str = "round_robin") -> list[dict[str, Any]]:
+    """With a node degraded or killed: ``policy`` ÷ ``baseline``, for p99 latency and for completion, same pool, mix and C."""
+    faulty = {(r["scenario"], r["mix"], r["nodes"], r["concurrency"], r["policy"]): r for r in runs
+              if r["system"] == "esp" and r["scenario"] != "healthy" and r.get("backend", "process") == "process"}
+    out = []
+    for key in sorted(k[:4] for k in faulty if k[4] == policy):
+        mine, theirs = faulty[(*key, policy)], faulty.get((*key, baseline))
+        if theirs is None:
+            continue
+        a, b = mine["summary"], theirs["summary"]
+        out.append({
+            "scenario": key[0], "mix": key[1], "nodes": key[2], "concurrency": key[3], "count": mine["count"],
+            "policy_p99_s": a["latency"]["p99_s"], "baseline_p99_s": b["latency"]["p99_s"],
+            "p99_ratio": _ratio(a["latency"]["p99_s"], b["latency"]["p99_s"]),
+            "policy_s": a["completion_s"], "baseline_s": b["completion_s"],
+            "completion_ratio": _ratio(a["completion_s"], b["completion_s"]),
+            "policy_errors": a["error_count"], "baseline_errors": b["error_count"],
+        })
+    return out
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "—"
@@ -126,27 +176,122 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def markdown(runs: Sequence[dict[str, Any]]) -> str:
-    """One row per run, then the ESP-3 ÷ control ratios."""
-    lines = [
-        "| system | mix | scenario | C | ops | completion s | ok ops/s | p50 s | p95 s | p99 s | send 202 p50 s | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def runs_table(runs: Sequence[dict[str, Any]], part: bool = False) -> list[str]:
+    """One row per run (with the part it came from when ``part``)."""
+    head = "| system | mix | scenario | C | ops | completion s | ok ops/s | p50 s | p95 s | p99 s | send 202 p50 s | errors |"
+    lines = [("| part " if part else "") + head, ("|---" if part else "") + "|---" * 12 + "|"]
     for r in runs:
         s = r["summary"]
         send_202 = s["by_operation"].get("send_transaction", {}).get("accepted", {}).get("p50_s")
         errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items()) or "0"
         completion = _fmt(s["completion_s"]) if s["finished"] else f"not finished ({_fmt(s['wall_s'])})"
-        lines.append(f"| {label(r)} | {r['mix']} | {r['scenario']} | {r['concurrency']} | {r['count']} | {completion} | "
+        lines.append((f"| {r.get('part', '')} " if part else "")
+                     + f"| {label(r)} | {r['mix']} | {r['scenario']} | {r['concurrency']} | {r['count']} | {completion} | "
                      f"{_fmt(s['throughput_ops_s'])} | {_fmt(s['latency']['p50_s'])} | {_fmt(s['latency']['p95_s'])} | "
                      f"{_fmt(s['latency']['p99_s'])} | {_fmt(send_202)} | {errors} |")
+    return lines
+
+
+def ratios_table(rows: Sequence[dict[str, Any]], part: bool = False) -> list[str]:
+    """ESP-3 ÷ control rows as markdown (a completion of ``—`` is a run that did not finish)."""
+    lines = [("| part " if part else "") + "| mix | C | ops | ESP-3 s | control s | ESP-3 ÷ control | ESP-3 errors | control errors |",
+             ("|---" if part else "") + "|---" * 8 + "|"]
+    lines += [(f"| {x.get('part', '')} " if part else "")
+              + f"| {x['mix']} | {x['concurrency']} | {x['count']} | {_fmt(x['esp_s'])} | {_fmt(x['control_s'])} | "
+              f"{_fmt(x['ratio'])} | {x['esp_errors']} | {x['control_errors']} |" for x in rows]
+    return lines
+
+
+def markdown(runs: Sequence[dict[str, Any]]) -> str:
+    """One row per run, then the ESP-3 ÷ control ratios."""
+    lines = runs_table(runs)
     rows = ratios(runs)
     if rows:
-        lines += ["", "| mix | C | ops | ESP-3 s | control s | ESP-3 ÷ control | ESP-3 errors | control errors |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {x['mix']} | {x['concurrency']} | {x['count']} | {_fmt(x['esp_s'])} | {_fmt(x['control_s'])} | "
-                  f"{_fmt(x['ratio'])} | {x['esp_errors']} | {x['control_errors']} |" for x in rows]
+        lines += ["", *ratios_table(rows)]
     return "\n".join(lines)
+
+
+def pool_table(rows: Sequence[dict[str, Any]], pools: Sequence[int] = (3, 5), base: int = 1) -> list[str]:
+    cols = "".join(f" {n} nodes s | {n} ÷ {base} |" for n in pools)
+    errs = " / ".join(str(n) for n in (base, *pools))
+    lines = [f"| mix | C | ops | {base} node s |{cols} errors {errs} |", "|---" * (5 + 2 * len(pools)) + "|"]
+    for x in rows:
+        cells = "".join(f" {_fmt(x[f'n{n}_s'])} | {_fmt(x[f'n{n}_ratio'])} |" for n in pools)
+        errors = " / ".join(_fmt(x[f"n{n}_errors"]) for n in (base, *pools))
+        lines.append(f"| {x['mix']} | {x['concurrency']} | {x['count']} | {_fmt(x[f'n{base}_s'])} |{cells} {errors} |")
+    return lines
+
+
+def policy_table(rows: Sequence[dict[str, Any]], policy: str = "esp", baseline: str = "round_robin") -> list[str]:
+    lines = [f"| scenario | mix | nodes | C | ops | {policy} p99 s | {baseline} p99 s | p99 ÷ | {policy} s | {baseline} s | "
+             f"completion ÷ | errors {policy} / {baseline} |", "|---" * 12 + "|"]
+    lines += [f"| {x['scenario']} | {x['mix']} | {x['nodes']} | {x['concurrency']} | {x['count']} | {_fmt(x['policy_p99_s'])} | "
+              f"{_fmt(x['baseline_p99_s'])} | {_fmt(x['p99_ratio'])} | {_fmt(x['policy_s'])} | {_fmt(x['baseline_s'])} | "
+              f"{_fmt(x['completion_ratio'])} | {x['policy_errors']} / {x['baseline_errors']} |" for x in rows]
+    return lines
+
+
+def load_parts(names: Sequence[str], out: Path = OUT) -> dict[str, dict[str, Any]]:
+    """The results of every part of ``names`` that has a ``full-<part>.json`` in ``out``, in the order of ``names``."""
+    return {name: json.loads(path.read_text()) for name in names if (path := out / f"full-{name}.json").exists()}
+
+
+def merge(parts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run of every part, each marked with the part it came from."""
+    return [{**run, "part": name} for name, data in parts.items() for run in data["runs"]]
+
+
+def comparisons(parts: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The three comparisons of issue 11's closing note, each computed within one part (one run of the harness), never
+    pairing a run of one part with a run of another: ESP-3 ÷ control; node-bound 3 ÷ 1 and 5 ÷ 1 nodes; esp ÷ round_robin
+    with a node degraded or killed."""
+    out: dict[str, list[dict[str, Any]]] = {"esp3_vs_control": [], "node_bound_pools": [], "esp_vs_round_robin": []}
+    for name, data in parts.items():
+        out["esp3_vs_control"] += [{**row, "part": name} for row in ratios(data["runs"])]
+        out["node_bound_pools"] += [{**row, "part": name} for row in pool_ratios(data["runs"])]
+        out["esp_vs_round_robin"] += [{**row, "part": name} for row in policy_ratios(data["runs"])]
+    return out
+
+
+def full_markdown(parts: dict[str, dict[str, Any]], names: Sequence[str]) -> str:
+    """full.md: which parts ran where, the three comparisons, then every run."""
+    missing = [n for n in names if n not in parts]
+    lines = ["# Thesis experiment, full matrix (merged from its parts)", "",
+             "Produced by `python -m bench.thesis report` from the parts' `full-<part>.json`; each part is run by "
+             "`python -m bench.thesis full --part NAME`. Ratios pair runs of the same part only (same machine, same "
+             "operation count, same session).", "",
+             "| part | runs | ops per run | cap s | machine | commit | date | took s |", "|---" * 8 + "|"]
+    for name, data in parts.items():
+        lines.append(f"| {name} | {len(data['runs'])} | {data['count']} | {_fmt(data['cap_s'])} | {data['machine']} | "
+                     f"{data['commit']} | {data['date']} | {_fmt(data['took_s'])} |")
+    lines += ["", f"Parts not run yet: {', '.join(missing)}." if missing else "Every part has run."]
+    table = comparisons(parts)
+    by_part: dict[str, list[dict[str, Any]]] = {}
+    for row in table["node_bound_pools"]:
+        by_part.setdefault(row["part"], []).append(row)
+    lines += ["", "## ESP with 3 nodes ÷ the single-node control (completion time, all nodes healthy)", ""]
+    lines += ratios_table(table["esp3_vs_control"], part=True) if table["esp3_vs_control"] else ["No part measured both yet."]
+    lines += ["", "## Node-bound (nodes capped in containers): 3 nodes ÷ 1 node and 5 ÷ 1 (completion time)", ""]
+    if by_part:
+        for name, rows in by_part.items():
+            lines += [f"part {name}:", "", *pool_table(rows), ""]
+    else:
+        lines += ["No node-bound runs yet.", ""]
+    lines += ["## One node degraded or killed: the esp policy ÷ round_robin (p99 latency and completion time)", ""]
+    lines += policy_table(table["esp_vs_round_robin"]) if table["esp_vs_round_robin"] else ["No part measured both yet."]
+    runs = merge(parts)
+    lines += ["", "A completion of — is a run that did not finish within its cap (its wall time is in the table below).",
+              "", "## Every run", "", *(runs_table(runs, part=True) if runs else ["No runs yet."])]
+    return "\n".join(lines)
+
+
+def write_full(names: Sequence[str], out: Path = OUT) -> Path:
+    """Merge whatever parts exist into ``full.md`` and ``full.json`` (the comparisons); the table's path."""
+    parts = load_parts(names, out)
+    meta = {name: {k: v for k, v in data.items() if k not in ("runs", "ratios")} for name, data in parts.items()}
+    (out / "full.json").write_text(json.dumps({"parts": meta, **comparisons(parts)}, indent=1) + "\n")
+    (out / "full.md").write_text(full_markdown(parts, names) + "\n")
+    return out / "full.md"
 
 
 def plot_completion(runs: Sequence[dict[str, Any]], path: Path) -> None:

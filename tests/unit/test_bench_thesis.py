@@ -1,14 +1,20 @@
-"""The pure parts of the thesis experiment (bench/thesis): the mixes, the percentile maths, the summary and table."""
+"""The pure parts of the thesis experiment (bench/thesis): the mixes, the percentile maths, the summary and tables,
+the full matrix's parts and their estimates, and the merge of the parts' results with issue 11's three comparisons."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from balancer import POLICY_NAMES
 from bench.thesis import workloads as w
 from bench.thesis.loadgen import OpRecord, RunOutcome
-from bench.thesis.report import label, markdown, percentile, ratios, summarize
+from bench.thesis.plan import PARTS, Case, estimate
+from bench.thesis.report import comparisons, full_markdown, label, load_parts, markdown, merge, percentile, ratios, summarize
 
 
 def test_the_thesis_mix_is_table_5_1() -> None:
@@ -124,3 +130,109 @@ def test_a_run_is_labelled_by_its_system_pool_policy_and_scenario() -> None:
     assert label({"system": "control", "scenario": "healthy"}) == "control"
     assert label({"system": "esp", "nodes": 5, "policy": "round_robin", "scenario": "degraded"}) == "ESP-5 round_robin [degraded]"
     assert label({"system": "esp", "nodes": 3, "policy": "esp", "backend": "docker", "scenario": "healthy"}) == "ESP-3 esp docker"
+
+
+# ---- the full matrix in parts: the plan, the merge and the three comparisons of issue 11 -------------------------
+
+def measured(system: str = "esp", *, nodes: int = 3, policy: str | None = "esp", scenario: str = "healthy",
+             mix: str = "thesis", c: int = 600, wall: float = 10.0, latencies: tuple[float, ...] = (0.5, 1.0),
+             backend: str = "process", failed: int = 0, finished: bool = True) -> dict[str, object]:
+    """A run record as the harness writes it: the case, then summarize() of real operation records."""
+    recs = [OpRecord(i, "balance", 0.0, lat, "ok", node="node-0") for i, lat in enumerate(latencies)]
+    recs += [OpRecord(len(recs) + i, "send_transaction", 0.0, 1.0, "http_500") for i in range(failed)]
+    outcome = RunOutcome(recs, wall_s=wall, capped=not finished, not_started=0)
+    return {"system": system, "nodes": nodes if system == "esp" else 1, "policy": policy if system == "esp" else None,
+            "scenario": scenario, "mix": mix, "concurrency": c, "count": len(recs), "seed": c, "backend": backend,
+            "cap_s": 150.0, "summary": summarize(outcome, len(recs)), "resources": {}}
+
+
+def part(runs: list[dict[str, object]], count: int = 2) -> dict[str, Any]:
+    return {"machine": "x86_64, 2 cores", "commit": "abc1234", "date": "2026-11-27 12:00:00", "count": count,
+            "cap_s": 150.0, "took_s": 60.0, "runs": runs}
+
+
+def test_the_merge_keeps_every_run_of_every_part_marked_with_its_part(tmp_path: Path) -> None:
+    scale = part([measured("control", wall=8.0), measured(wall=10.0)])
+    mixes = part([measured(mix="read_heavy")])
+    for name, data in (("mixes", mixes), ("scale", scale)):
+        (tmp_path / f"full-{name}.json").write_text(json.dumps(data))
+    loaded = load_parts(["scale", "policies", "mixes", "node-bound"], tmp_path)
+    assert list(loaded) == ["scale", "mixes"]  # the order of the names; parts not run are absent
+    runs = merge(loaded)
+    assert [(r["part"], r["system"], r["mix"]) for r in runs] == [
+        ("scale", "control", "thesis"), ("scale", "esp", "thesis"), ("mixes", "esp", "read_heavy")]
+    assert all(r["summary"] == s["summary"] for r, s in zip(runs, [*scale["runs"], *mixes["runs"]], strict=True))
+
+
+def test_esp_3_over_the_control_pairs_runs_of_one_part_only() -> None:
+    parts = {
+        "scale": part([measured("control", c=200, wall=8.0, failed=1), measured(c=200, wall=10.0),
+                       measured("control", c=1200, wall=150.0, finished=False, failed=3), measured(c=1200, wall=40.0),
+                       measured(nodes=5, c=200, wall=12.0)]),  # ESP-5 is not in this comparison
+        "mixes": part([measured(c=600, wall=9.0)]),  # no control at C=600 in its part: nothing to pair
+        "other": part([measured("control", c=600, wall=3.0)]),
+    }
+    rows = comparisons(parts)["esp3_vs_control"]
+    assert [(r["part"], r["concurrency"], r["esp_s"], r["control_s"], r["ratio"], r["esp_errors"], r["control_errors"])
+            for r in rows] == [("scale", 200, 10.0, 8.0, 1.25, 0, 1), ("scale", 1200, 40.0, None, None, 0, 3)]
+
+
+def test_node_bound_gives_3_over_1_and_5_over_1_nodes_by_mix_and_concurrency() -> None:
+    runs = [measured(nodes=n, mix=mix, c=200, wall=wall, backend="docker")
+            for mix, walls in (("thesis", (100.0, 50.0, 40.0)), ("read_heavy", (60.0, 30.0, 90.0)))
+            for n, wall in zip((1, 3, 5), walls, strict=True)]
+    runs += [measured(nodes=1, wall=1.0), measured(nodes=3, wall=100.0)]  # uncapped processes: not node-bound
+    runs += [measured(nodes=1, c=600, wall=120.0, backend="docker"),
+             measured(nodes=3, c=600, wall=240.0, backend="docker", finished=False, failed=2)]
+    rows = comparisons({"node-bound": part(runs)})["node_bound_pools"]
+    assert [(r["mix"], r["concurrency"], r["n1_s"], r["n3_ratio"], r["n5_ratio"], r["n3_errors"], r["n5_errors"])
+            for r in rows] == [("thesis", 200, 100.0, 0.5, 0.4, 0, 0), ("thesis", 600, 120.0, None, None, 2, None),
+                               ("read_heavy", 200, 60.0, 0.5, 1.5, 0, 0)]
+
+
+def test_with_a_node_degraded_or_killed_esp_is_compared_with_round_robin_on_p99_and_completion() -> None:
+    runs = [measured(policy="esp", scenario="degraded", wall=30.0, latencies=(0.5, 1.0)),
+            measured(policy="round_robin", scenario="degraded", wall=60.0, latencies=(0.5, 4.0), failed=1),
+            measured(policy="least_inflight", scenario="degraded", wall=20.0),
+            measured(policy="esp", scenario="killed", wall=50.0),
+            measured(policy="round_robin", scenario="killed", wall=100.0, finished=False),
+            measured(policy="esp", scenario="healthy", wall=5.0), measured(policy="round_robin", scenario="healthy", wall=4.0)]
+    rows = comparisons({"policies": part(runs)})["esp_vs_round_robin"]
+    assert [(r["scenario"], r["policy_p99_s"], r["baseline_p99_s"], r["p99_ratio"], r["policy_s"], r["baseline_s"],
+             r["completion_ratio"], r["policy_errors"], r["baseline_errors"]) for r in rows] == [
+        ("degraded", 0.995, 3.965, 0.25, 30.0, 60.0, 0.5, 0, 1),
+        ("killed", 0.995, 0.995, 1.0, 50.0, None, None, 0, 0)]
+
+
+def test_full_md_holds_the_three_comparisons_and_names_the_parts_not_run() -> None:
+    parts = {"scale": part([measured("control", c=200, wall=8.0), measured(c=200, wall=10.0)]),
+             "policies": part([measured(scenario="degraded", wall=30.0), measured(policy="round_robin", scenario="degraded",
+                                                                                  wall=60.0)])}
+    text = full_markdown(parts, ["scale", "policies", "mixes", "node-bound"])
+    assert "Parts not run yet: mixes, node-bound." in text
+    assert "| scale | thesis | 200 | 2 | 10 | 8 | 1.25 | 0 | 0 |" in text
+    assert "No node-bound runs yet." in text
+    assert "| degraded | thesis | 3 | 600 | 2 | 0.995 | 0.995 | 1 | 30 | 60 | 0.5 | 0 / 0 |" in text
+    assert text.count("| scale | ESP-3 esp |") == 1 and text.count("| policies | ESP-3 round_robin [degraded] |") == 1
+
+
+def test_every_part_is_estimated_well_under_an_hour_and_the_parts_cover_the_issue() -> None:
+    for p in PARTS.values():
+        expected, worst = estimate(p.plan(), p.cap_s)
+        assert expected < 30 * 60 and worst < 60 * 60, p.name
+    cases = {name: [c for g in p.plan() for c in g] for name, p in PARTS.items()}
+    assert {(c.system, c.nodes, c.concurrency) for c in cases["scale"]} == {
+        *{("esp", n, c) for n in (1, 3, 5, 8) for c in (200, 600, 1000, 1200)}, *{("control", 1, c) for c in (200, 600, 1000, 1200)}}
+    assert {c.policy for c in cases["policies"] if c.scenario == "degraded"} == set(POLICY_NAMES)
+    assert {c.policy for c in cases["policies"] if c.scenario == "killed"} == {"esp", "round_robin"}
+    assert {(c.system, c.mix) for c in cases["mixes"]} == {(s, m) for s in ("esp", "control") for m in ("read_heavy", "write_heavy")}
+    assert {(c.nodes, c.mix, c.backend) for c in cases["node-bound"]} == {
+        (n, m, "docker") for n in (1, 3, 5) for m in ("thesis", "read_heavy")}
+    for p in PARTS.values():  # one started system per group: the same pool, policy and backend throughout
+        assert all(len({(c.system, c.nodes, c.policy, c.backend) for c in g}) == 1 for g in p.plan())
+
+
+def test_the_estimate_adds_starts_and_runs_and_the_cap_bounds_a_run() -> None:
+    plan = [[Case("control", 1, None, "healthy", "thesis", 200, 280, seed=200)]]
+    assert estimate(plan, cap_s=300.0) == (15.0 + 10.0 + 5.0, 15.0 + 305.0)  # 280 ops at 28 ops/s
+    assert estimate(plan, cap_s=4.0) == (15.0 + 4.0 + 5.0, 15.0 + 9.0)
