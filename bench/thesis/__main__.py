@@ -58,7 +58,9 @@ from bench.thesis.sampler import Sampler
 from bench.thesis.servers import MonolithServer, SingleNode
 from bench.thesis.targets import EspTarget, MonolithTarget
 from bench.thesis.workloads import MIXES, sequence
-from settings import ROOT
+from errors import ConfigError
+from nodes.docker.engine import connect
+from settings import ROOT, Settings
 from wallet.keystore import DEFAULT_SCRYPT_N
 
 SETUP_ACCOUNTS = 8
@@ -282,6 +284,15 @@ def run_plan(name: str, title: str, groups: Plan, count: int | None, cap: float,
     return path
 
 
+def engine_problem() -> str | None:
+    """Why no container engine answers (the node-bound part needs one), or None when one does."""
+    try:
+        connect(Settings.from_env()).close()
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.thesis", description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("quick", "full", "report"))
@@ -316,8 +327,14 @@ def main() -> None:
         total = [total[0] + expected, total[1] + worst]
     if len(planned) > 1:
         print(f"all {len(planned)} parts: estimated {minutes(total[0])} (worst case {minutes(total[1])})")
+    needs_engine = [part.name for part, groups, _ in planned if any(c.backend == "docker" for g in groups for c in g)]
+    problem = engine_problem() if needs_engine else None
+    if needs_engine:
+        print(f"{', '.join(needs_engine)} needs a container engine: {problem or 'one answers'}")
     if args.dry_run:
         return
+    if problem:  # fail before the first part, not after the others have run for an hour
+        raise SystemExit(f"not starting: {problem}")
     for part, groups, cap in planned:
         print(f"part {part.name}: {part.question}")
         run_plan(f"full-{part.name}", f"full, part {part.name}", groups, args.count or part.count, cap, args,
