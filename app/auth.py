@@ -2,8 +2,9 @@
 
 ``authenticate`` runs before every request: no header leaves the caller anonymous
 (public reads still work), a header with a key that is not live is a 401 at once.
-Views then ask for what they need: ``require_caller()`` (any key), ``check_admin()``
-(the admin role), or ``access.policy.check_acts_as`` through ``check_acts_as`` here.
+Views then ask for what they need: ``key_required`` (any key: ``app.context.caller()``),
+``admin_required``/``check_admin()`` (the admin role); ownership is the services' to check
+(``access.policy`` through ``services.accounts``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import Flask, g, request
 
 from access import policy
 from access.keys import Caller
-from app.context import key_store, owners, treasury_address
+from app.context import caller, key_store
 from errors import Unauthorized
 
 
@@ -39,24 +40,9 @@ def authenticate() -> None:
     g.caller = caller
 
 
-def current_caller() -> Caller | None:
-    """The authenticated caller of this request, or None for an anonymous one."""
-    return g.get("caller")
-
-
-def require_caller() -> Caller:
-    """The caller; Unauthorized (401) when the request carries no key."""
-    return policy.require_caller(current_caller())
-
-
 def check_admin() -> Caller:
     """The caller if it is an admin; 401 without a key, 403 with a user's."""
-    return policy.require_admin(current_caller())
-
-
-def check_acts_as(account: str, field: str) -> Caller:
-    """The caller if it may sign as (or act in the name of) ``account``: its owner, or an admin; the treasury only for an admin."""
-    return policy.check_acts_as(current_caller(), account, field, owners=owners(), treasury=treasury_address())
+    return policy.require_admin(g.get("caller"))
 
 
 def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -75,7 +61,7 @@ def key_required(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        require_caller()
+        caller()
         return view(*args, **kwargs)
 
     wrapper.key_required = True  # type: ignore[attr-defined]
