@@ -37,6 +37,7 @@ from typing import Any
 
 from app.nodes import nodes_document, plane_svg
 from balancer import POLICY_NAMES
+from bench.redis_server import PrivateRedis
 from bench.stack import RESULTS, percentile, write_results
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
@@ -46,15 +47,14 @@ from nodes.manager import NodeManager, connect_redis
 from services.monitor import ResourceSampler, sample_pool
 from settings import Settings
 
-REDIS_DB = 6
 DEGRADED = "node-2"
 ACCOUNT = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
-def bench_settings(run_dir: Path, nodes: int, policy: str = "esp") -> Settings:
+def bench_settings(run_dir: Path, redis_url: str, nodes: int, policy: str = "esp") -> Settings:
     """Settings of the bench's pool (never the real environment)."""
     return Settings.from_env({
-        "ESP_RUN_DIR": str(run_dir), "ESP_REDIS_URL": f"redis://127.0.0.1:6379/{REDIS_DB}", "ESP_BLOCK_TIME": "1",
+        "ESP_RUN_DIR": str(run_dir), "ESP_REDIS_URL": redis_url, "ESP_BLOCK_TIME": "1",
         "ESP_NODE_COUNT": str(nodes), "ESP_MONITOR_INTERVAL": "1", "ESP_BALANCER_POLICY": policy,
         "ESP_KEYSTORE_DIR": str(run_dir / "keystore"),
     })
@@ -187,9 +187,9 @@ def settle(pool: Pool, seconds: float) -> None:
     time.sleep(seconds)  # idle samples teach Dis_ave_min again
 
 
-def measure_monitor(run_dir: Path, nodes: int, samples: int = 10) -> dict[str, float]:
+def measure_monitor(run_dir: Path, redis_url: str, nodes: int, samples: int = 10) -> dict[str, float]:
     """The monitor's sample time over ``nodes`` idle nodes (ms)."""
-    settings = bench_settings(run_dir / f"pool{nodes}", nodes)
+    settings = bench_settings(run_dir / f"pool{nodes}", redis_url, nodes)
     client = connect_redis(settings)
     client.flushdb()
     manager = NodeManager(settings, client)
@@ -249,10 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
 
-    with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmp, PrivateRedis() as server:
         run_dir = Path(tmp)
-        monitor_figures = [measure_monitor(run_dir, n) for n in (3, 8)]
-        base = bench_settings(run_dir / "pool", 3)
+        monitor_figures = [measure_monitor(run_dir, server.url(), n) for n in (3, 8)]
+        base = bench_settings(run_dir / "pool", server.url(), 3)
         client = connect_redis(base)
         client.flushdb()
         manager = NodeManager(base, client)

@@ -1,11 +1,10 @@
-"""Run the real stack (scripts/up.sh) for a benchmark, on ports and a Redis database of its own."""
+"""Run the real stack (scripts/up.sh) for a benchmark, on ports and a Redis server of its own."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,23 +12,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import redis
-
+from bench.redis_server import PrivateRedis
+from nodes.process import free_port
 from settings import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RunningStack:
     """``scripts/up.sh`` in a process group of its own; ``close()`` sends Ctrl-C and waits."""
 
-    def __init__(self, run_dir: Path, *, redis_db: int = 5, **env: str) -> None:
+    def __init__(self, run_dir: Path, **env: str) -> None:
+        self.redis = PrivateRedis()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin_key = "bench-admin-key"
@@ -37,13 +31,12 @@ class RunningStack:
         child = {k: v for k, v in os.environ.items() if not k.startswith("ESP_")}
         child.update({
             "ESP_API_PORT": str(self.port), "ESP_FLOWER_PORT": str(free_port()), "ESP_RUN_DIR": str(run_dir),
-            "ESP_REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "ESP_ADMIN_KEY": self.admin_key,
+            "ESP_REDIS_URL": self.redis.url(0), "ESP_ADMIN_KEY": self.admin_key,
             "ESP_KEYSTORE_DIR": str(run_dir / "keystore"),
             # A benchmark is one heavy client: the per-key limit must not be what it measures.
             "ESP_RATE_LIMIT": "1000000 per minute", **env,
         })
         self.key = ""  # the benchmark's user key, created once the API answers
-        redis.Redis.from_url(child["ESP_REDIS_URL"]).flushdb()
         self.log = open(run_dir / "stack.log", "wb")
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=child, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -111,6 +104,7 @@ class RunningStack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.log.close()
+        self.redis.close()
 
 
 def percentile(values: list[float], p: float) -> float:

