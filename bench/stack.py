@@ -17,6 +17,8 @@ from nodes.process import free_port
 from settings import ROOT
 
 RESULTS = ROOT / "bench" / "results"
+#: What marks a line of the stack's log as a problem worth keeping with a run's figures.
+PROBLEM_WORDS = ("WORKER TIMEOUT", "Traceback", "CRITICAL", "ERROR", "Error:", "Killed", "exited with code")
 
 
 class RunningStack:
@@ -37,7 +39,8 @@ class RunningStack:
             "ESP_RATE_LIMIT": "1000000 per minute", **env,
         })
         self.key = ""  # the benchmark's user key, created once the API answers
-        self.log = open(run_dir / "stack.log", "wb")
+        self.log_path = run_dir / "stack.log"
+        self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=child, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 90
@@ -81,6 +84,19 @@ class RunningStack:
                     time.sleep(float(retry_after))
                     continue
                 return exc.code, json.loads(exc.read() or b"null")
+
+    def log_size(self) -> int:
+        """Where the stack's log ends now: pass it to ``problems_since`` after a run."""
+        self.log.flush()
+        return self.log_path.stat().st_size
+
+    def problems_since(self, offset: int, limit: int = 20) -> dict[str, Any]:
+        """The lines of the stack's log after ``offset`` that report a problem (a worker timeout, a traceback, an error)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        lines = [line for line in text.splitlines() if any(word in line for word in PROBLEM_WORDS)]
+        return {"count": len(lines), "first": lines[:limit]}
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         return self.request("GET", path, **kw)

@@ -207,7 +207,10 @@ def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_li
             setup(target)
             for case in cases:
                 wait_pool_up(stack, case.nodes)
-                runs.append(measure(target, lambda: [stack.proc.pid], case, bar, cap_s, scenario_hook(stack, case)))
+                offset = stack.log_size()
+                run = measure(target, lambda: [stack.proc.pid], case, bar, cap_s, scenario_hook(stack, case))
+                run["stack_log_problems"] = stack.problems_since(offset)  # what the stack's processes said went wrong
+                runs.append(run)
         finally:
             stack.close()
     return runs
