@@ -2,7 +2,11 @@
 
 A write task ends once its transactions are broadcast; it registers them here.
 A beat task (``track_receipts``, every ESP_RECEIPT_INTERVAL on the control
-queue) asks a node for all watched receipts in one JSON-RPC batch and:
+queue) reads the receipts of every block mined since its last pass, one
+``eth_getBlockReceipts`` per block in one JSON-RPC batch (a few calls per second
+however many transactions are watched, where asking by hash cost one call per
+watched transaction per pass); a transaction the blocks did not show is asked for
+by hash every CHECK_BY_HASH_EVERY seconds. Then it:
 
 - confirms a task once every transaction of it has a receipt buried under
   ESP_CONFIRMATIONS blocks (``confirmed``, with the receipt fields), or fails it
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -29,7 +34,7 @@ from nodepool.rpc import RpcClient, to_int
 from services.plans import OPERATIONS
 from services.records import CONFIRMED, FAILED, TaskStore
 from services.watch import ReceiptWatch
-from wallet.broadcast import broadcast, load_prepared, prepared_key, save_prepared
+from wallet.broadcast import broadcast, load_prepared_many, prepared_key, save_prepared
 from wallet.nonces import NonceManager
 from wallet.signing import PreparedTx, replace
 
@@ -37,6 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Watched tasks looked at per beat (the rest wait for the next one).
 MAX_BATCH = 2000
+#: Blocks whose receipts one pass reads at most; a tracker further behind asks by hash instead.
+MAX_SCAN_BLOCKS = 64
+#: A watched transaction the block scan has not found is also asked for by hash this often (it may have been
+#: mined before it was watched: the write path watches a task after its last broadcast).
+CHECK_BY_HASH_EVERY = 3.0
 REBROADCAST_EVERY = 5.0
 #: A replacement raises both fee caps by this much (geth and anvil need at least 10%).
 BUMP_PERCENT = 15
@@ -78,37 +88,59 @@ def track(
 ) -> dict[str, int]:
     """One pass over the watched tasks; returns counts of what happened."""
     now = time.time() if now is None else now
-    counts = {"watched": 0, "confirmed": 0, "failed": 0, "rebroadcast": 0, "replaced": 0, "reported": 0}
+    counts = {"watched": 0, "blocks": 0, "by_hash": 0, "confirmed": 0, "failed": 0, "rebroadcast": 0, "replaced": 0,
+              "reported": 0}
     entries = watch.entries()
     counts["watched"] = len(entries)
     if not entries or not clients:
         return counts
-    prepared: dict[tuple[str, int], PreparedTx] = {}
+    keys = [(task_id, step) for task_id, entry in entries for step in range(entry["steps"])]
+    loaded = load_prepared_many(watch.redis, [prepared_key(f"{task_id}:{step}") for task_id, step in keys])
+    prepared = {key: p for key, p in zip(keys, loaded, strict=True) if p is not None}
+    watched = {h.lower() for p in prepared.values() for h in p.hashes}
+    client, head, receipts, scanned = _scan_blocks(watch, clients, watched)
+    counts["blocks"] = scanned.blocks
+    for _, entry in entries:
+        receipts.update(entry.get("receipts") or {})  # found by an earlier pass, waiting for confirmations
+    changed: dict[str, dict[str, Any]] = {}
+    # A transaction mined before it was watched, or in a block the scan did not read, is asked for by hash.
+    ask = []
     for task_id, entry in entries:
-        for step in range(entry["steps"]):
-            p = load_prepared(watch.redis, prepared_key(f"{task_id}:{step}"))
-            if p is not None:
-                prepared[(task_id, step)] = p
-    hashes = sorted({h for p in prepared.values() for h in p.hashes})
-    client, replies = _ask_any(clients, [("eth_blockNumber", []), *(("eth_getTransactionReceipt", [h]) for h in hashes)])
-    head = to_int(replies[0].get("result"))
-    receipts = {h: r.get("result") for h, r in zip(hashes, replies[1:], strict=True) if r.get("result")}
+        if scanned.complete and now - entry.get("checked_at", entry["broadcast_at"]) < CHECK_BY_HASH_EVERY:
+            continue
+        missing = [h for s in range(entry["steps"]) if (p := prepared.get((task_id, s))) is not None
+                   for h in p.hashes if h.lower() not in receipts]
+        if missing:
+            ask += missing
+            entry["checked_at"] = now
+            changed[task_id] = entry
+    if ask:
+        replies = client.batch_raw([("eth_getTransactionReceipt", [h]) for h in ask])
+        receipts.update({h.lower(): r["result"] for h, r in zip(ask, replies, strict=True) if r.get("result")})
+        counts["by_hash"] = len(ask)
     for task_id, entry in entries:
         steps = [prepared.get((task_id, s)) for s in range(entry["steps"])]
         if any(p is None for p in steps):
             store.update(task_id, state=FAILED, error={"type": "lost", "message": "the signed transaction record expired"})
             watch.done(task_id)
+            changed.pop(task_id, None)
             counts["failed"] += 1
             continue
-        found = [next((receipts[h] for h in p.hashes if h in receipts), None) for p in steps if p is not None]
+        found = [next((receipts[h.lower()] for h in p.hashes if h.lower() in receipts), None) for p in steps if p is not None]
         buried = [r is not None and head - to_int(r["blockNumber"]) + 1 >= confirmations for r in found]
         if all(buried):
             _finish(store, watch, client, task_id, [r for r in found if r is not None], counts)
+            changed.pop(task_id, None)
             continue
+        mined = {r["transactionHash"].lower(): r for r in found if r is not None}
+        if mined and mined != entry.get("receipts"):
+            entry["receipts"] = mined
+            changed[task_id] = entry
         late = [(i, p) for i, (p, r) in enumerate(zip(steps, found, strict=True)) if r is None and p is not None]
         if not late:
             continue  # mined, waiting for confirmations
         if now > entry["deadline"]:
+            changed.pop(task_id, None)  # written below, with its new deadline
             if deadline_action == "replace":
                 _replace(store, watch, clients, task_id, entry, late, signer, nonces, tx_deadline, now, counts)
             else:
@@ -123,9 +155,50 @@ def track(
                 except EspError as exc:
                     log.info("re-broadcast of %s: %s", p.tx_hash, exc)
             entry["rebroadcast_at"] = now
-            watch.update(task_id, entry)
+            changed[task_id] = entry
             counts["rebroadcast"] += 1
+    watch.update_many(changed)
     return counts
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one pass read of the new blocks: how many, and whether it read every block up to the head."""
+
+    blocks: int
+    complete: bool
+
+
+def _scan_blocks(watch: ReceiptWatch, clients: Sequence[RpcClient],
+                 watched: set[str]) -> tuple[RpcClient, int, dict[str, dict[str, Any]], Scan]:
+    """The head, and the receipts of watched transactions in the blocks since the cursor (one batch).
+
+    Moves the cursor to the last block read. A node without ``eth_getBlockReceipts``,
+    or a tracker more than MAX_SCAN_BLOCKS behind, makes the scan incomplete: the
+    caller then asks for every missing receipt by hash.
+    """
+    client, replies = _ask_any(clients, [("eth_blockNumber", [])])
+    head = to_int(replies[0].get("result"))
+    cursor = watch.cursor()
+    lowest = max(head - MAX_SCAN_BLOCKS + 1, 0)
+    first = lowest if cursor is None or cursor > head else max(cursor + 1, lowest)
+    complete = cursor is not None and cursor + 1 >= lowest
+    blocks = list(range(first, head + 1))
+    receipts: dict[str, dict[str, Any]] = {}
+    if not blocks:
+        return client, head, receipts, Scan(0, complete)
+    read = first - 1
+    for number, reply in zip(blocks, client.batch_raw([("eth_getBlockReceipts", [hex(n)]) for n in blocks]), strict=True):
+        if reply.get("error") is not None or reply.get("result") is None:
+            complete = False  # unsupported, or a block this node does not have yet: by hash this time
+            break
+        for receipt in reply["result"]:
+            if receipt["transactionHash"].lower() in watched:
+                receipts[receipt["transactionHash"].lower()] = receipt
+        read = number
+    if read >= first:
+        watch.set_cursor(read)
+    return client, head, receipts, Scan(read - first + 1, complete)
 
 
 def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, task_id: str,

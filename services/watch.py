@@ -7,7 +7,10 @@ removes it. The node manager empties it when a fresh chain starts.
 Redis, owned here::
 
     esp:watch        sorted set  task id, scored by its first broadcast time
-    esp:watch:<id>   string      JSON {steps, deadline, broadcast_at, rebroadcast_at, ...}
+    esp:watch:<id>   string      JSON {steps, deadline, broadcast_at, rebroadcast_at, checked_at, receipts?}
+    esp:watch:cursor string      the last block whose receipts the tracker has read (``receipts.track``)
+
+A chain reset deletes ``esp:watch:*``, the cursor included.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from nodepool.codec import as_text
 
 WATCH_SET = "esp:watch"
 WATCH_KEY = "esp:watch:{}"
+WATCH_CURSOR = WATCH_KEY.format("cursor")
 #: Watched tasks read per pass by default.
 MAX_BATCH = 2000
 
@@ -35,7 +39,7 @@ class ReceiptWatch:
 
     def add(self, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
         now = time.time()
-        entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now}
+        entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now, "checked_at": now}
         pipe = self.redis.pipeline()
         pipe.set(WATCH_KEY.format(task_id), json.dumps(entry))
         pipe.zadd(WATCH_SET, {task_id: now})
@@ -56,6 +60,19 @@ class ReceiptWatch:
 
     def update(self, task_id: str, entry: dict[str, Any]) -> None:
         self.redis.set(WATCH_KEY.format(task_id), json.dumps(entry))
+
+    def update_many(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Store several entries in one round trip."""
+        if entries:
+            self.redis.mset({WATCH_KEY.format(task_id): json.dumps(entry) for task_id, entry in entries.items()})
+
+    def cursor(self) -> int | None:
+        """The last block whose receipts were read, or None before the first pass."""
+        raw = self.redis.get(WATCH_CURSOR)
+        return None if raw is None else int(raw)
+
+    def set_cursor(self, block: int) -> None:
+        self.redis.set(WATCH_CURSOR, block)
 
     def done(self, task_id: str) -> None:
         pipe = self.redis.pipeline()

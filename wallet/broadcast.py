@@ -181,6 +181,14 @@ def load_prepared(redis_client: redis.Redis, key: str) -> PreparedTx | None:
     return None if raw is None else PreparedTx.from_json(raw)
 
 
+def load_prepared_many(redis_client: redis.Redis, keys: Sequence[str]) -> list[PreparedTx | None]:
+    """The prepared transactions stored under ``keys`` (None where there is none), in one round trip."""
+    if not keys:
+        return []
+    raws: Any = redis_client.mget(list(keys))
+    return [None if raw is None else PreparedTx.from_json(raw) for raw in raws]
+
+
 def delete_prepared(redis_client: redis.Redis, key: str) -> None:
     """Forget a prepared transaction (after TxRejected or NonceTooLow, before signing anew)."""
     redis_client.delete(key)

@@ -24,7 +24,7 @@ from contracts import load_artifact
 from contracts.abi import encode_call, encode_deploy
 from nodepool.rpc import RpcClient, to_int
 from nodes.process import ProcessBackend
-from services.receipts import BUMP_PERCENT, track
+from services.receipts import BUMP_PERCENT, CHECK_BY_HASH_EVERY, MAX_SCAN_BLOCKS, track
 from services.records import BROADCAST, CONFIRMED, FAILED, TaskRecord, TaskStore
 from services.watch import WATCH_KEY, ReceiptWatch
 from settings import DEV_TREASURY_KEY, Settings
@@ -101,7 +101,40 @@ def tracked(process_backend: ProcessBackend, settings: Settings) -> Iterator[Tra
 
 
 def test_nothing_watched_is_one_cheap_pass(tracked: Tracked) -> None:
-    assert tracked.track() == {"watched": 0, "confirmed": 0, "failed": 0, "rebroadcast": 0, "replaced": 0, "reported": 0}
+    assert tracked.track() == {"watched": 0, "blocks": 0, "by_hash": 0, "confirmed": 0, "failed": 0, "rebroadcast": 0,
+                               "replaced": 0, "reported": 0}
+    assert tracked.watch.cursor() is None  # no node was asked anything
+
+
+def test_new_blocks_settle_watched_transactions_without_asking_for_each(tracked: Tracked) -> None:
+    first = tracked.send("first", "send_eth", to=DEAD, value=1)
+    tracked.receipt(first.tx_hash)
+    counts = tracked.track()  # no cursor yet: this pass reads the last MAX_SCAN_BLOCKS blocks, and remembers the head
+    head = to_int(tracked.node.call("eth_blockNumber"))
+    assert counts["confirmed"] == 1 and counts["by_hash"] == 0 and counts["blocks"] == min(head + 1, MAX_SCAN_BLOCKS)
+    assert tracked.watch.cursor() == head
+
+    for i in range(3):
+        tracked.receipt(tracked.send(f"next-{i}", "send_eth", to=DEAD, value=2 + i).tx_hash)  # automine: one block each
+    counts = tracked.track()
+    assert counts == {**counts, "watched": 3, "blocks": 3, "by_hash": 0, "confirmed": 3}
+    assert tracked.watch.cursor() == head + 3
+    assert all(tracked.record(f"next-{i}").result["block_number"] == head + 1 + i for i in range(3))  # type: ignore[index]
+
+
+def test_a_transaction_mined_before_it_was_watched_is_found_by_hash(tracked: Tracked) -> None:
+    tracked.track()
+    tracked.receipt(tracked.send("warm", "send_eth", to=DEAD, value=1).tx_hash)
+    tracked.track()  # the cursor is at the head now
+    early = tracked.send("early", "send_eth", to=DEAD, value=5)
+    tracked.receipt(early.tx_hash)
+    tracked.watch.set_cursor(to_int(tracked.node.call("eth_blockNumber")))  # as if its block was read before it was watched
+
+    counts = tracked.track()
+    assert counts["confirmed"] == 0 and counts["blocks"] == 0 and counts["by_hash"] == 0  # not yet: asked for a moment ago
+    counts = tracked.track(now=time.time() + CHECK_BY_HASH_EVERY + 0.1)
+    assert counts["by_hash"] == 1 and counts["confirmed"] == 1
+    assert tracked.record("early").state == CONFIRMED
 
 
 def test_a_mined_transfer_is_confirmed_with_its_receipt_fields_once_buried(tracked: Tracked) -> None:
