@@ -1,25 +1,38 @@
-"""Write-path benchmark: confirmed transactions per second and submit-to-confirm latency.
+"""Write-path benchmark: confirmed transfers per second and submit-to-confirmed latency, over HTTP.
 
 ``python -m bench.writes`` starts the real stack (3 anvil nodes, 1 s blocks,
-gunicorn, two Celery worker processes, beat), creates the sending accounts
-through the API, then submits ETH transfers over HTTP from 16 client threads:
-once all from ONE account, once spread over many. Latency is the task record's
-submit-to-confirm time (created_at -> updated_at of the confirmed record).
-Bounded: a fixed number of transfers, each run capped in time. Loopback only.
+gunicorn, the write and control workers, beat: ``scripts/up.sh`` on a Redis of its
+own), creates the sending accounts through the API, then submits ETH transfers
+from an asyncio client (httpx, C connections):
+
+- ``max``: as fast as the API takes them, once all from ONE account, once spread
+  over ten: confirmed/s is transfers ÷ (last confirmation - first submit);
+- ``paced``: open loop at a fixed rate (``--rate``, default half the one-sender
+  ``max`` rate), where the latency figure means something: submit-to-confirmed
+  p50/p99 from the task records (created_at -> updated_at of ``confirmed``).
+
+``--profile`` records py-spy over the whole stack during the one-sender ``max``
+run (bench/results/profiles/). Bounded: a fixed number of transfers, each run
+capped in time. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.stack import RunningStack, percentile, write_results
+import httpx
+
+from bench.profile import Profile
+from bench.stack import RESULTS, RunningStack, percentile, write_results
 
 PASSWORD = "bench password for accounts"
+CLIENTS = 64
+RUN_CAP_S = 300.0
 
 
 def make_accounts(stack: RunningStack, n: int) -> list[str]:
@@ -35,26 +48,61 @@ def make_accounts(stack: RunningStack, n: int) -> list[str]:
     return addresses
 
 
-def run(stack: RunningStack, senders: list[str], count: int, *, clients: int = 16) -> dict[str, Any]:
-    def submit(i: int) -> tuple[str, float]:
-        status, body = stack.post("/api/v1/transactions", {"from": senders[i % len(senders)], "to": senders[(i + 1) % len(senders)], "value_wei": 1})
-        if status != 202:
-            raise RuntimeError(f"submit failed: {status} {body}")
-        return body["id"], time.time()
-
+async def _submit_all(stack: RunningStack, senders: list[str], count: int, rate: float | None) -> tuple[list[str], float]:
+    """Submit ``count`` transfers (paced at ``rate`` per second when given); their task ids and the first submit time."""
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    ids: list[str] = [""] * count
     started = time.time()
-    with ThreadPoolExecutor(clients) as pool:
-        submitted = list(pool.map(submit, range(count)))
+    async with httpx.AsyncClient(base_url=stack.base, limits=limits, timeout=60, headers=headers) as client:
+        slots = asyncio.Semaphore(CLIENTS)
+
+        async def submit(i: int) -> None:
+            async with slots:
+                body = {"from": senders[i % len(senders)], "to": senders[(i + 1) % len(senders)], "value_wei": 1}
+                response = await client.post("/api/v1/transactions", json=body)
+                if response.status_code != 202:
+                    raise RuntimeError(f"submit failed: {response.status_code} {response.text[:300]}")
+                ids[i] = response.json()["id"]
+
+        jobs = []
+        for i in range(count):
+            if rate:
+                await asyncio.sleep(max(0.0, started + i / rate - time.time()))
+            jobs.append(asyncio.create_task(submit(i)))
+        await asyncio.gather(*jobs)
+    return ids, started
+
+
+async def _settle(stack: RunningStack, ids: list[str], deadline: float) -> list[dict[str, Any]]:
+    """Every task's record once final (or as it is at the deadline)."""
+    limits = httpx.Limits(max_connections=16)
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    async with httpx.AsyncClient(base_url=stack.base, limits=limits, timeout=60, headers=headers) as client:
+        async def final(task_id: str) -> dict[str, Any]:
+            while True:
+                record: dict[str, Any] = (await client.get(f"/api/v1/tasks/{task_id}?wait=20")).json()
+                if record["state"] in ("confirmed", "failed") or time.time() > deadline:
+                    return record
+
+        return list(await asyncio.gather(*(final(i) for i in ids)))
+
+
+def run(stack: RunningStack, senders: list[str], count: int, *, rate: float | None = None) -> dict[str, Any]:
+    ids, started = asyncio.run(_submit_all(stack, senders, count, rate))
     submit_s = time.time() - started
-    with ThreadPoolExecutor(clients) as pool:
-        records = list(pool.map(lambda item: stack.wait(item[0], timeout=300), submitted))
+    records = asyncio.run(_settle(stack, ids, started + RUN_CAP_S))
     confirmed = [r for r in records if r["state"] == "confirmed"]
     latencies = [r["updated_at"] - r["created_at"] for r in confirmed]
     last = max((r["updated_at"] for r in confirmed), default=started)
+    errors: dict[str, int] = {}
+    for r in records:
+        if r["state"] != "confirmed":
+            kind = (r.get("error") or {}).get("type", r["state"])
+            errors[kind] = errors.get(kind, 0) + 1
     return {
-        "senders": len(senders), "transactions": count, "confirmed": len(confirmed),
-        "failed": len(records) - len(confirmed),
-        "submit_rate_per_s": round(count / submit_s, 1),
+        "senders": len(senders), "transactions": count, "confirmed": len(confirmed), "errors": errors,
+        "paced_rate_per_s": rate, "submit_rate_per_s": round(count / submit_s, 1),
         "confirmed_per_s": round(len(confirmed) / (last - started), 1) if confirmed else 0.0,
         "latency_p50_s": round(percentile(latencies, 50), 3), "latency_p99_s": round(percentile(latencies, 99), 3),
         "wall_s": round(last - started, 2),
@@ -63,26 +111,41 @@ def run(stack: RunningStack, senders: list[str], count: int, *, clients: int = 1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000, help="transfers per run (default 1000)")
+    parser.add_argument("--count", type=int, default=2000, help="transfers per run (default 2000)")
     parser.add_argument("--many", type=int, default=10, help="sending accounts in the many-senders run (default 10)")
+    parser.add_argument("--rate", type=float, help="the paced run's rate (default: half the one-sender max rate)")
+    parser.add_argument("--profile", action="store_true", help="py-spy over the stack during the one-sender max run")
+    parser.add_argument("--name", default="writes", help="results file name under bench/results (default writes)")
     args = parser.parse_args()
+    profile_out = RESULTS / "profiles" / f"{args.name}-one-sender.raw"
     with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmp:
         stack = RunningStack(Path(tmp), ESP_KEYSTORE_SCRYPT_N="4096", ESP_DEPLOY_PLATFORM="0")
         try:
             accounts = make_accounts(stack, args.many)
-            one = run(stack, accounts[:1], args.count)
+            run(stack, accounts[:1], 100)  # warm-up: connections, imports, the first blocks
+            if args.profile:
+                with Profile(stack.proc.pid, profile_out) as profile:
+                    one = run(stack, accounts[:1], args.count)
+            else:
+                one = run(stack, accounts[:1], args.count)
             many = run(stack, accounts, args.count)
+            rate = args.rate or max(one["confirmed_per_s"] / 2, 1.0)
+            paced = run(stack, accounts, args.count, rate=rate)
         finally:
             stack.close()
-    figures = {"setup": "3 anvil nodes (1 s interval blocks), gunicorn 2 workers x 4 threads, one write worker of 2 processes, "
-               "16 HTTP client threads, loopback, 2-core machine", "one_sender": one, "many_senders": many}
+    figures = {"setup": f"3 anvil nodes (1 s interval blocks), the Procfile's API and workers, an httpx asyncio client with "
+               f"{CLIENTS} connections, loopback", "one_sender": one, "many_senders": many, "paced": paced}
+    rows = (("one sender, max", one), ("ten senders, max", many), (f"ten senders, paced {paced['paced_rate_per_s']:.0f}/s", paced))
     table = "\n".join([
-        "| run | senders | tx | confirmed | submit/s | confirmed/s | p50 s | p99 s |",
-        "|---|---|---|---|---|---|---|---|",
-        *(f"| {name} | {r['senders']} | {r['transactions']} | {r['confirmed']} | {r['submit_rate_per_s']} | "
-          f"{r['confirmed_per_s']} | {r['latency_p50_s']} | {r['latency_p99_s']} |" for name, r in (("one sender", one), ("many senders", many))),
+        "| run | senders | tx | confirmed | errors | submit/s | confirmed/s | p50 s | p99 s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {name} | {r['senders']} | {r['transactions']} | {r['confirmed']} | {sum(r['errors'].values())} | "
+          f"{r['submit_rate_per_s']} | {r['confirmed_per_s']} | {r['latency_p50_s']} | {r['latency_p99_s']} |" for name, r in rows),
     ])
-    path = write_results("writes", figures, table)
+    if args.profile and profile.summary is not None:
+        (RESULTS / "profiles" / f"{args.name}-one-sender.md").write_text(
+            profile.summary.markdown(f"{args.name}: one sender, {args.count} transfers at max rate") + "\n")
+    path = write_results(args.name, figures, table)
     print(table)
     print(f"figures written to {path}")
 
