@@ -1,7 +1,7 @@
 """A bounded pool for password-KDF work in one process: N running, M waiting, the rest refused at once.
 
 Every keystore creation and every unlock's password check is one scrypt run
-(128 MiB and ~0.23 s at ESP's default cost, the GIL released while it runs). Left
+(256 MiB and ~0.47 s at ESP's default cost, geth's standard; the GIL released while it runs). Left
 unbounded in the API, ten concurrent wrong guesses held ten request threads and
 both cores, and ``/healthz`` waited 10 s behind them. A ``KdfGate`` runs KDFs on
 a pool of ``running`` threads of its own and admits at most ``running + waiting``
@@ -34,6 +34,10 @@ from errors import ConfigError
 from wallet.errors import KdfBusy
 
 log = logging.getLogger(__name__)
+
+#: scrypt cost of new keystores unless ESP_KEYSTORE_SCRYPT_N says otherwise: geth's "standard" (keystore.StandardScryptN),
+#: what the thesis's geth paid in personal_newAccount and unlockAccount. wallet.keystore documents the trade-off.
+DEFAULT_SCRYPT_N = 2**18
 
 #: How much lower than request threads the KDF threads run (Linux nice increment; 19 is the lowest priority).
 KDF_NICE = 10

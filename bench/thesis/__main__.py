@@ -61,7 +61,7 @@ from bench.thesis.workloads import MIXES, sequence
 from errors import ConfigError
 from nodes.docker.engine import connect
 from settings import ROOT, Settings
-from wallet.keystore import DEFAULT_SCRYPT_N
+from wallet.kdf import DEFAULT_SCRYPT_N
 
 SETUP_ACCOUNTS = 8
 SETUP_TRANSACTIONS = 8

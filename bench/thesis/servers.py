@@ -23,7 +23,7 @@ import requests
 from nodepool.spec import ROLE_LEADER, NodeSpec
 from nodes.process import ProcessBackend, free_port
 from settings import ROOT, Settings, child_environment, generate_secret
-from wallet.keystore import DEFAULT_SCRYPT_N
+from wallet.kdf import DEFAULT_SCRYPT_N
 
 #: Seconds the monolith may take to answer /healthz after its start.
 START_TIMEOUT = 30.0
@@ -81,7 +81,7 @@ class MonolithServer:
 
     ``node_url`` is the one node it calls; ``run_dir`` holds its keystore (``run_dir/monolith-keystore``),
     its shared unlock and nonce files, and its log (``run_dir/monolith.log``). ``scrypt_n`` is the
-    keystores' KDF cost (ESP_KEYSTORE_SCRYPT_N; ESP's default 2**17). ``env`` adds or overrides
+    keystores' KDF cost (ESP_KEYSTORE_SCRYPT_N; ESP's default, geth's standard 2**18). ``env`` adds or overrides
     ``ESP_`` variables of the app (e.g. ESP_FUNDING_WEI, ESP_KDF_CONCURRENCY, ESP_TX_DEADLINE).
     """
 

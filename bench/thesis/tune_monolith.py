@@ -33,7 +33,7 @@ import psutil
 
 from bench.thesis.servers import MonolithServer, SingleNode
 from settings import ROOT
-from wallet.keystore import DEFAULT_SCRYPT_N
+from wallet.kdf import DEFAULT_SCRYPT_N
 
 RESULTS = ROOT / "bench" / "results" / "monolith_config.json"
 #: (worker class, workers, threads): gthread with few processes and many threads, and sync processes.
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=600, help="operations per configuration (default 600)")
     parser.add_argument("--concurrency", type=int, default=200, help="operations in flight (default 200)")
     parser.add_argument("--cap", type=float, default=50.0, help="seconds one configuration's run may take (default 50)")
-    parser.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help="keystore scrypt N (default ESP's 2**17)")
+    parser.add_argument("--scrypt-n", type=int, default=DEFAULT_SCRYPT_N, help="keystore scrypt N (default ESP's, geth's standard 2**18)")
     parser.add_argument("--block-time", type=float, default=1.0, help="seconds between blocks (default ESP's 1.0)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration, interleaved (default 2)")
     parser.add_argument("--seed", type=int, default=11)
