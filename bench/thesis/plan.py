@@ -14,10 +14,9 @@ results (``full-<part>.*``), and ``python -m bench.thesis report`` merges them.
 - ``node-bound``: nodes in docker containers, each capped to a fraction of a core,
   pools 1/3/5, the thesis and read-heavy mixes at C = 200 and 600.
 
-The estimates are rates measured by the quick run of 2026-11-28 (ESP-3 25-26 ops/s,
-the control 28-32 ops/s, thesis mix, 2 cores) scaled by guesses for what was not yet
-measured (pool size, a degraded node, the mixes, capped containers): an estimate, not
-a promise; the cap bounds each run, and the worst case is every run reaching it.
+The estimates are rates measured by the full run of 2026-11-28 (bench/results/thesis/full.md,
+2 cores, scrypt N=2^17): an estimate, not a promise (a higher scrypt cost is slower); the cap
+bounds each run, and the worst case is every run reaching it.
 """
 
 from __future__ import annotations
@@ -35,16 +34,13 @@ QUICK_LEVELS = (200, 600)
 QUICK_COUNT = 1200
 QUICK_CAP_S = 120.0  # 4 runs x 120 s + 2 starts and setups stays under 10 minutes
 
-# Estimation. Healthy thesis mix, ops/s, from the quick run (bench/results/thesis/quick.json).
-RATE_OPS_S = {"esp": 25.0, "control": 28.0}
-# Relative speed, not yet measured: pool 3 = 1; pool 1 faster (issue 11: pool 3 was 1.05-1.22x slower than pool 1),
-# larger pools slower (more followers replaying blocks on the same 2 cores).
-POOL_SPEED = {1: 1.15, 3: 1.0, 5: 0.85, 8: 0.65}
-SCENARIO_SPEED = {"healthy": 1.0, "degraded": 0.8, "killed": 0.8}
-# Writes dominate an operation's cost: write-heavy has 70% writes against the thesis mix's 40%. Read-heavy is
-# assumed no faster than the thesis mix (not measured; rather over- than under-estimate).
-MIX_SPEED = {THESIS.name: 1.0, READ_HEAVY.name: 1.0, WRITE_HEAVY.name: 0.55}
-BACKEND_SPEED = {"process": 1.0, "docker": 0.5}  # nodes capped to half a core each
+# Estimation, from the full run of 2026-11-28. Healthy thesis mix, ops/s (ESP-3 26-28, the control 33-50).
+RATE_OPS_S = {"esp": 27.0, "control": 36.0}
+# Relative speed by pool size (measured 1.0 / 1.0 / 0.98 / 0.92 for pools 1 / 3 / 5 / 8).
+POOL_SPEED = {1: 1.0, 3: 1.0, 5: 0.98, 8: 0.92}
+SCENARIO_SPEED = {"healthy": 1.0, "degraded": 1.1, "killed": 1.0}  # C=600, 2,400 ops: 28-31 ops/s
+MIX_SPEED = {THESIS.name: 1.0, READ_HEAVY.name: 1.9, WRITE_HEAVY.name: 0.52}
+BACKEND_SPEED = {"process": 1.0, "docker": 0.9}  # nodes capped to 0.05 core each
 START_S = {"control": 15.0, "process": 20.0, "docker": 60.0}  # start, setup and smoke of one system
 PER_RUN_S = 5.0  # waiting for the pool to be whole, the sampler, the summary
 

@@ -233,6 +233,6 @@ def test_every_part_is_estimated_well_under_an_hour_and_the_parts_cover_the_issu
 
 
 def test_the_estimate_adds_starts_and_runs_and_the_cap_bounds_a_run() -> None:
-    plan = [[Case("control", 1, None, "healthy", "thesis", 200, 280, seed=200)]]
-    assert estimate(plan, cap_s=300.0) == (15.0 + 10.0 + 5.0, 15.0 + 305.0)  # 280 ops at 28 ops/s
+    plan = [[Case("control", 1, None, "healthy", "thesis", 200, 360, seed=200)]]
+    assert estimate(plan, cap_s=300.0) == (15.0 + 10.0 + 5.0, 15.0 + 305.0)  # 360 ops at 36 ops/s
     assert estimate(plan, cap_s=4.0) == (15.0 + 4.0 + 5.0, 15.0 + 9.0)
