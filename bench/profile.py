@@ -14,8 +14,10 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +34,18 @@ COMPONENTS = (
     ("flower", ("flower",)),
     ("node manager", ("-m nodes",)),
     ("process runner", ("honcho",)),
+    ("shell", ("/bin/sh",)),
 )
 RATE_HZ = 100
+
+
+def py_spy() -> str:
+    """The py-spy installed beside this Python (requirements-dev.txt), else the one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if not found:
+        raise RuntimeError("py-spy is not installed: `make dev-deps` installs it")
+    return found
 
 
 def component(cmdline: str) -> str:
@@ -95,10 +107,14 @@ def summarize(raw: str, seconds: float, top: int = 30) -> Summary:
             continue
         frames = stack.split(";")
         name = "other"
-        match = _PROCESS.match(frames[0])
-        if match:
+        # With --subprocesses each stack starts with its process's ancestry (``process N:"cmdline"`` frames, the
+        # process runner first): the innermost one is the process sampled; its frames follow it.
+        inner = [i for i, f in enumerate(frames) if _PROCESS.match(f)]
+        if inner:
+            match = _PROCESS.match(frames[inner[-1]])
+            assert match is not None
             name = component(match.group(2))
-            frames = frames[1:]
+            frames = frames[inner[-1] + 1:]
         frames = [f for f in frames if not f.startswith("thread ")]
         n = int(count)
         samples[name] += n
@@ -123,7 +139,7 @@ class Profile:
     def __enter__(self) -> Profile:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._proc = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(self.root_pid), "--subprocesses", "--nonblocking", "--rate", str(RATE_HZ),
+            [py_spy(), "record", "--pid", str(self.root_pid), "--subprocesses", "--nonblocking", "--rate", str(RATE_HZ),
              "--format", "raw", "--output", str(self.out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._started = time.monotonic()

@@ -50,6 +50,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.policies import Stall
+from bench.profile import Profile
 from bench.stack import RESULTS, RunningStack
 from bench.thesis import loadgen, report
 from bench.thesis.loadgen import OpRecord
@@ -190,7 +191,8 @@ def scenario_hook(stack: RunningStack, case: Case) -> Callable[[Callable[[], int
     return kill
 
 
-def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_limit: float) -> list[dict[str, Any]]:
+def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_limit: float,
+            esp_env: dict[str, str], profile_dir: Path | None = None) -> list[dict[str, Any]]:
     """Start one stack for the cases (they share pool size, policy and backend), set it up, measure each case."""
     first = cases[0]
     runs = []
@@ -200,7 +202,7 @@ def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_li
                              ESP_DEPLOY_PLATFORM=BENCH_ENV["ESP_DEPLOY_PLATFORM"], ESP_BLOCK_TIME=BENCH_ENV["ESP_BLOCK_TIME"],
                              ESP_NODE_COUNT=str(first.nodes), ESP_BALANCER_POLICY=first.policy or "esp",
                              ESP_KEYSTORE_SCRYPT_N=str(scrypt_n), ESP_NODE_BACKEND=first.backend,
-                             ESP_NODE_CPU_LIMIT=str(cpu_limit))
+                             ESP_NODE_CPU_LIMIT=str(cpu_limit), **esp_env)
         try:
             target = EspTarget(stack.base, stack.key, stack.admin_key)
             bar.describe(f"setting up ESP-{first.nodes} {first.policy}")
@@ -208,7 +210,14 @@ def run_esp(cases: Sequence[Case], scrypt_n: int, bar: Bar, cap_s: float, cpu_li
             for case in cases:
                 wait_pool_up(stack, case.nodes)
                 offset = stack.log_size()
-                run = measure(target, lambda: [stack.proc.pid], case, bar, cap_s, scenario_hook(stack, case))
+                if profile_dir is None:
+                    run = measure(target, lambda: [stack.proc.pid], case, bar, cap_s, scenario_hook(stack, case))
+                else:
+                    name = f"{report.label(asdict(case)).replace(' ', '_')}-{case.mix}-c{case.concurrency}"
+                    with Profile(stack.proc.pid, profile_dir / f"{name}.raw") as profile:
+                        run = measure(target, lambda: [stack.proc.pid], case, bar, cap_s, scenario_hook(stack, case))
+                    if profile.summary is not None:
+                        (profile_dir / f"{name}.md").write_text(profile.summary.markdown(f"{name}: {case.count} operations") + "\n")
                 run["stack_log_problems"] = stack.problems_since(offset)  # what the stack's processes said went wrong
                 runs.append(run)
         finally:
@@ -254,7 +263,8 @@ def machine() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def execute(groups: Sequence[Sequence[Case]], scrypt_n: int, cap_s: float, cpu_limit: float) -> list[dict[str, Any]]:
+def execute(groups: Sequence[Sequence[Case]], scrypt_n: int, cap_s: float, cpu_limit: float,
+            esp_env: dict[str, str], profile_dir: Path | None = None) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     bar = Bar(sum(case.count for group in groups for case in group))
     with bar.progress:
@@ -262,7 +272,7 @@ def execute(groups: Sequence[Sequence[Case]], scrypt_n: int, cap_s: float, cpu_l
             if group[0].system == "control":
                 runs += run_control(group, scrypt_n, bar, cap_s)
             else:
-                runs += run_esp(group, scrypt_n, bar, cap_s, cpu_limit)
+                runs += run_esp(group, scrypt_n, bar, cap_s, cpu_limit, esp_env, profile_dir)
     return runs
 
 
@@ -273,10 +283,10 @@ def run_plan(name: str, title: str, groups: Plan, count: int | None, cap: float,
     counts = sorted({c.count for c in cases})
     levels = sorted({c.concurrency for c in cases})
     started = time.monotonic()
-    runs = execute(groups, args.scrypt_n, cap, args.cpu_limit)
+    runs = execute(groups, args.scrypt_n, cap, args.cpu_limit, args.esp_env, args.profile)
     took = time.monotonic() - started
     meta = {**machine(), "mode": name, **extra, "count": count if count else counts, "levels": levels, "cap_s": cap,
-            "scrypt_n": args.scrypt_n, "cpu_limit": args.cpu_limit,
+            "scrypt_n": args.scrypt_n, "cpu_limit": args.cpu_limit, "esp_env": args.esp_env,
             "setup": {"accounts": SETUP_ACCOUNTS, "transactions": SETUP_TRANSACTIONS, "bench_env": BENCH_ENV},
             "took_s": round(took, 1), "title": f"# Thesis experiment, {title}: {count} operations per run, {machine()['machine']}"}
     json.dumps(meta)  # fail loudly here, not halfway through the write, if meta is not JSON
@@ -287,6 +297,14 @@ def run_plan(name: str, title: str, groups: Plan, count: int | None, cap: float,
               f"errors ESP-3 {row['esp_errors']}, control {row['control_errors']}")
     print(f"{name} took {took:.0f} s; figures in {path.parent}")
     return path
+
+
+def esp_setting(text: str) -> tuple[str, str]:
+    """``ESP_X=VALUE`` -> (name, value); anything else is a usage error."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("ESP_"):
+        raise argparse.ArgumentTypeError(f"expected ESP_NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def engine_problem() -> str | None:
@@ -310,13 +328,20 @@ def main() -> None:
     parser.add_argument("--cap", type=float, help="wall-clock cap of one run, in seconds (quick 120; full: each part's own)")
     parser.add_argument("--cpu-limit", type=float, default=0.5, help="node-bound: each node's CPU cap, in cores")
     parser.add_argument("--out", type=Path, default=report.OUT, help=f"results folder (default {report.OUT})")
+    parser.add_argument("--esp-env", action="append", default=[], metavar="ESP_X=VALUE", type=esp_setting,
+                        help="an ESP setting for the stack under test (repeatable; recorded with the results): for tuning")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy over ESP's stack during each ESP run, into DIR")
+    parser.add_argument("--no-control", action="store_true", help="quick: ESP's runs only (tuning; no ratios)")
     args = parser.parse_args()
+    args.esp_env = dict(args.esp_env)
     if args.mode == "report":
         print(report.write_full(list(PARTS), args.out).read_text())
         return
     if args.mode == "quick":
         count, cap = args.count or QUICK_COUNT, args.cap or QUICK_CAP_S
         groups = quick_plan(count, args.levels or list(QUICK_LEVELS))
+        if args.no_control:
+            groups = [g for g in groups if g[0].system != "control"]
         for line in describe("quick", groups, cap):
             print(line)
         if not args.dry_run:

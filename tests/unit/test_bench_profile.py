@@ -30,3 +30,11 @@ def test_samples_fold_by_component_inclusive_and_self() -> None:
     assert dict(s.self_time["write worker"]) == {"broadcast (wallet/broadcast.py)": 5}
     page = s.markdown("t")
     assert "| api | 10 | 59% | 0.05 |" in page  # 10 samples of 17; 10 / (100 Hz x 2 s) cores
+
+
+def test_a_subprocess_is_named_by_its_innermost_process_frame() -> None:
+    raw = ('process 1:"/v/bin/python /v/bin/honcho start -f Procfile";process 2:"/bin/sh -c gunicorn";'
+           'process 3:"/v/bin/python /v/bin/gunicorn --config gunicorn.conf.py app";thread (0x1);scrypt (Protocol/KDF.py:90) 4\n')
+    s = summarize(raw, seconds=1.0)
+    assert s.samples == {"api": 4}
+    assert dict(s.self_time["api"]) == {"scrypt (Protocol/KDF.py)": 4}
