@@ -7,11 +7,11 @@ as one batch, keeping ``wallet.broadcast``'s protocol for every transaction:
 1. the task records, one MGET; the live ones are marked running in one pipeline;
 2. prepared transactions already stored (a drain that died after saving): re-sent
    as they are, never signed again;
-3. for the others, ONE JSON-RPC batch to a node: the sender's pending balance, the
-   latest block (base fee), the priority fee, and eth_estimateGas where a call
-   needs it. A task whose cost (value + gas x max fee), added to those before it,
-   exceeds the balance fails here, before it takes a nonce: a node would take it
-   and then drop it unmined, stranding every later nonce;
+3. for the others, ONE JSON-RPC batch to a node (``services.preflight``): the
+   sender's pending balance, the fees, eth_estimateGas where a call needs it. A
+   task whose cost, added to those before it, exceeds the balance fails here,
+   before it takes a nonce (a node would take it, then drop it unmined with every
+   later nonce behind it);
 4. their nonces in one script (``NonceManager.allocate_many``), signed in a tight
    loop, saved (SET NX) in one pipeline and recorded in one script, all BEFORE the
    first broadcast;
@@ -36,13 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from errors import RpcError
+from errors import NoHealthyNode
 from nodepool.failover import NoNodeAnswered, first_answer
-from nodepool.rpc import RpcClient, to_int
+from nodepool.rpc import RpcClient
 from services.operations import Operation, Plan, Planning
 from services.outbox import Outbox
+from services.preflight import affordable, max_cost, preflight
 from services.records import BROADCAST, FAILED, FINAL, RUNNING, WAITING, TaskRecord, apply
-from services.sending import SendContext, Sender, TaskFailed, TxRequest, estimate_call, estimate_failure, gas_limit
+from services.sending import SendContext, Sender, TaskFailed, TxRequest
 from wallet.broadcast import (
     TxErrorKind,
     broadcast,
@@ -53,7 +54,7 @@ from wallet.broadcast import (
     save_prepared_many,
 )
 from wallet.errors import AccountLocked, BroadcastFailed, NonceTooLow, TxRejected
-from wallet.signing import DEFAULT_PRIORITY_FEE, PreparedTx, sign_transaction
+from wallet.signing import PreparedTx, sign_transaction
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,15 @@ class BatchSender:
               budget: float = RUN_BUDGET, after_save: Hook | None = None) -> Drained:
         """Send ``address``'s queued writes, batch after batch, as the holder ``token`` (a Celery task id)."""
         run = Drained()
+        try:
+            return self._drain(address, token, clients, run, limit=limit, budget=budget, after_save=after_save)
+        except BaseException:
+            # Whatever went wrong, the ids stay in flight: the next holder (the next message, the sweep) takes them.
+            self.outbox.release(address, token, anyway=True)
+            raise
+
+    def _drain(self, address: str, token: str, clients: Sequence[RpcClient], run: Drained, *, limit: int, budget: float,
+               after_save: Hook | None) -> Drained:
         started = time.monotonic()
         while True:
             ids = self.outbox.take(address, token, limit)
@@ -130,7 +140,7 @@ class BatchSender:
                 return run
             if pending:
                 self.outbox.release(address, token, anyway=True)
-                run.state = "waiting"
+                run.state, run.reason = "waiting", f"no node took {len(pending)} of the batch's transactions yet"
                 return run
             if time.monotonic() - started > budget and not self.outbox.release(address, token):
                 self.outbox.release(address, token, anyway=True)
@@ -157,7 +167,7 @@ class BatchSender:
         if fresh:
             try:
                 self._prepare(address, fresh, [i for i in items if i.prepared is not None], clients)
-            except NoNodeAnswered as exc:
+            except NoHealthyNode as exc:  # no node answered the preflight or the pending count: all of them later
                 return self._waiting(items, str(exc)), []
         ready = sorted((i for i in items if i.prepared is not None and i.failure is None), key=_nonce)
         if after_save is not None:
@@ -212,30 +222,22 @@ class BatchSender:
         return items, failed
 
     def _prepare(self, address: str, fresh: list[Item], resent: list[Item], clients: Sequence[RpcClient]) -> None:
-        """Estimate, check the funds, allocate, sign, save and record ``fresh``'s transactions (one RPC batch)."""
-        calls: list[tuple[str, list[Any]]] = [("eth_getBalance", [address, "pending"]), ("eth_getBlockByNumber", ["latest", False]),
-                                              ("eth_maxPriorityFeePerGas", []), ("eth_gasPrice", [])]
-        estimated = [i for i in fresh if i.request.gas is None]
-        calls += [("eth_estimateGas", [estimate_call(address, i.request)]) for i in estimated]
-        timeout = self.settings.rpc_timeout
-        _, replies = first_answer(clients, lambda c: c.batch_raw(calls, timeout=timeout), what="the batch's preflight",
-                                  accept=_has_balance_and_block)
-        balance, fees = to_int(replies[0]["result"]), _fees(*replies[1:4])
-        gas = {id(i): i.request.gas for i in fresh}
-        for item, reply in zip(estimated, replies[4:], strict=True):
-            if reply.get("error") is not None:
-                item.failure = estimate_failure(address, _rpc_error(reply))
+        """Check the funds, allocate, sign, save and record ``fresh``'s transactions (one preflight RPC batch)."""
+        asked = preflight(address, [i.request for i in fresh], clients, block_gas_limit=self.settings.block_gas_limit,
+                          timeout=self.settings.rpc_timeout)
+        fields: dict[int, dict[str, Any]] = {}
+        for item, gas in zip(fresh, asked.gas, strict=True):
+            if isinstance(gas, TaskFailed):
+                item.failure = gas
             else:
-                gas[id(item)] = gas_limit(to_int(reply["result"]), self.settings.block_gas_limit)
-        fields = {id(i): self._fields(i.request, int(gas[id(i)] or 0), fees) for i in fresh if i.failure is None}
-        # Already-signed ones count against the balance too (they may not be in a pool yet): cautious, never optimistic.
-        spent = sum(_max_cost(i.prepared.fields) for i in resent if i.prepared is not None)
-        costs = [_max_cost(fields[id(i)]) for i in fresh if i.failure is None]
+                fields[id(item)] = self._fields(item.request, gas, asked.fees)
         paying = [i for i in fresh if i.failure is None]
-        for item, ok in zip(paying, affordable(costs, balance - spent), strict=True):
+        # Signed ones sent again count too (they may not be in a pool yet): cautious, never optimistic.
+        spent = sum(max_cost(i.prepared.fields) for i in resent if i.prepared is not None)
+        for item, ok in zip(paying, affordable([max_cost(fields[id(i)]) for i in paying], asked.balance - spent), strict=True):
             if not ok:
-                item.failure = TaskFailed(f"{address} cannot pay for this transaction: it costs up to {_max_cost(fields[id(item)])} "
-                                          f"wei and its balance covers the transactions queued before it only",
+                item.failure = TaskFailed(f"{address} cannot pay for this transaction: it costs up to {max_cost(fields[id(item)])} "
+                                          "wei, more than its balance leaves after the transactions queued before it",
                                           kind="insufficient-funds", field="from")
         signing = [i for i in fresh if i.failure is None]
         if not signing:
@@ -302,7 +304,6 @@ class BatchSender:
                 if exc.kind == TxErrorKind.REPLACEMENT_UNDERPRICED:  # another transaction holds that nonce in a pool
                     self._sign_again(item, run, again, "its nonce is held by another transaction")
                     continue
-                delete_prepared(self.redis, prepared_key(item.owner))
                 kind = "insufficient-funds" if exc.kind == TxErrorKind.INSUFFICIENT_FUNDS else "rejected"
                 item.failure = TaskFailed(f"the node refused the transaction: {exc.node_message}", kind=kind,
                                           reason=exc.kind, nonce=p.nonce)
@@ -318,19 +319,24 @@ class BatchSender:
             again.append(item)
 
     def _fill_gaps(self, address: str, ready: list[Item], refused: list[Item], clients: Sequence[RpcClient]) -> None:
-        """Leave no nonce of a refused transaction empty below one that was taken (see the module docstring)."""
+        """Leave no nonce of a refused transaction empty below one that was taken (see the module docstring).
+
+        Its prepared record goes only once the nonce is given back or filled: a drain that
+        dies before sends the refused bytes again and comes back here.
+        """
         taken = [i.prepared.nonce for i in ready if i not in refused and i.prepared is not None]
-        for item in sorted(refused, key=lambda i: -i.prepared.nonce if i.prepared else 0):
+        for item in sorted(refused, key=_nonce, reverse=True):
             assert item.prepared is not None and item.failure is not None
             nonce = item.prepared.nonce
-            if not any(n > nonce for n in taken):
+            if any(n > nonce for n in taken):
+                try:
+                    item.failure.details["nonce_filled_by"] = self._fill(address, item.record.id, item.prepared, clients)
+                except AccountLocked:  # cannot sign a filler: the sender's next transaction takes the nonce instead
+                    log.error("nonce %d of %s is left for its next transaction (the account is locked)", nonce, address)
+                    self.sender.nonces.release(address, nonce, owner=item.owner)
+            else:
                 self.sender.nonces.release(address, nonce, owner=item.owner)
-                continue
-            try:
-                item.failure.details["nonce_filled_by"] = self._fill(address, item.record.id, item.prepared, clients)
-            except AccountLocked:  # cannot sign a filler: the sender's next transaction takes the nonce instead
-                log.error("nonce %d of %s is left for its next transaction (the account is locked)", nonce, address)
-                self.sender.nonces.release(address, nonce, owner=item.owner)
+            delete_prepared(self.redis, prepared_key(item.owner))
 
     def _fill(self, address: str, task_id: str, refused: PreparedTx, clients: Sequence[RpcClient]) -> str:
         """Take ``refused``'s nonce with a zero-value transfer to itself (a task of ESP's own, watched); its hash."""
@@ -376,44 +382,8 @@ class BatchSender:
         pipe.execute()
 
 
-def affordable(costs: Sequence[int], balance: int) -> list[bool]:
-    """Which of ``costs``, paid in order, ``balance`` covers: one that does not fit is skipped, not paid."""
-    out = []
-    for cost in costs:
-        fits = cost <= balance
-        if fits:
-            balance -= cost
-        out.append(fits)
-    return out
-
-
-def _has_balance_and_block(replies: list[dict[str, Any]]) -> bool:
-    """A preflight answer to use: the balance and the latest block (else the next node is asked)."""
-    return replies[0].get("error") is None and replies[0].get("result") is not None and isinstance(replies[1].get("result"), dict)
-
-
-def _fees(block: dict[str, Any], tip: dict[str, Any], price: dict[str, Any]) -> dict[str, int]:
-    """Fees as ``wallet.signing.suggest_fees`` makes them: max fee = 2 x base fee + tip; a legacy chain's gas price."""
-    priority = to_int(tip["result"]) if tip.get("result") is not None else DEFAULT_PRIORITY_FEE
-    base = block["result"].get("baseFeePerGas")
-    if base is None:
-        return {"gasPrice": to_int(price.get("result")) or priority}
-    return {"maxFeePerGas": 2 * to_int(base) + priority, "maxPriorityFeePerGas": priority}
-
-
 def _nonce(item: Item) -> int:
     return item.prepared.nonce if item.prepared is not None else -1
-
-
-def _max_cost(fields: Mapping[str, Any]) -> int:
-    """The most a transaction can take from its sender: value + gas x its highest price."""
-    price = fields.get("maxFeePerGas", fields.get("gasPrice", 0))
-    return int(fields.get("value", 0)) + int(fields["gas"]) * int(price)
-
-
-def _rpc_error(reply: dict[str, Any]) -> RpcError:
-    err = reply["error"]
-    return RpcError(int(err.get("code", -32603)), str(err.get("message", "")), err.get("data"))
 
 
 def _span(nonces: list[int]) -> str:
