@@ -13,7 +13,7 @@ as one batch, keeping ``wallet.broadcast``'s protocol for every transaction:
    before it takes a nonce (a node would take it, then drop it unmined with every
    later nonce behind it);
 4. their nonces in one script (``NonceManager.allocate_many``), signed in a tight
-   loop, saved (SET NX) in one pipeline and recorded in one script, all BEFORE the
+   loop (``wallet.signing.sign_many``: libsecp256k1 without eth_account's formatting), saved (SET NX) in one pipeline and recorded in one script, all BEFORE the
    first broadcast;
 5. every transaction in ONE ``eth_sendRawTransaction`` batch, in nonce order. A
    refusal or no answer is retried alone through ``wallet.broadcast.broadcast``
@@ -54,7 +54,7 @@ from wallet.broadcast import (
     save_prepared_many,
 )
 from wallet.errors import AccountLocked, BroadcastFailed, NonceTooLow, TxRejected
-from wallet.signing import PreparedTx, sign_transaction
+from wallet.signing import PreparedTx, sign_many, sign_transaction
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class BatchSender:
                 item.failure = TaskFailed(str(exc), kind="account-locked", field="from")
             return
         nonces = self.sender.nonces.allocate_many(address, clients, [i.owner for i in signing])
-        signed = [sign_transaction(account, {**fields[id(i)], "nonce": n}) for i, n in zip(signing, nonces, strict=True)]
+        signed = sign_many(account, [{**fields[id(i)], "nonce": n} for i, n in zip(signing, nonces, strict=True)])
         stored = save_prepared_many(self.redis, [(prepared_key(i.owner), p) for i, p in zip(signing, signed, strict=True)])
         for item, mine, kept in zip(signing, signed, stored, strict=True):
             if kept.tx_hash != mine.tx_hash and kept.nonce != mine.nonce:
