@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,12 +341,13 @@ class BatchSender:
 
     def _fill(self, address: str, task_id: str, refused: PreparedTx, clients: Sequence[RpcClient]) -> str:
         """Take ``refused``'s nonce with a zero-value transfer to itself (a task of ESP's own, watched); its hash."""
-        fill_id = f"{task_id}-fill"
+        fill_id = filler_id(task_id)
         owner = f"{fill_id}:0"
         fields = {k: v for k, v in refused.fields.items() if k in ("chainId", "maxFeePerGas", "maxPriorityFeePerGas", "gasPrice")}
         prepared = sign_transaction(self.sender.signer(address), {**fields, "nonce": refused.nonce, "to": address,
                                                                   "value": 0, "gas": 21_000})
-        record = self.store.create(fill_id, FILL_NONCE, "call", {"sender": address, "nonce": refused.nonce, "for_task": task_id})
+        record = self.store.find(fill_id) or self.store.create(  # found: a run that died after making it
+            fill_id, FILL_NONCE, "call", {"sender": address, "nonce": refused.nonce, "for_task": task_id})
         prepared = save_prepared_many(self.redis, [(prepared_key(owner), prepared)])[0]
         self.sender.nonces.record(address, prepared.nonce, prepared.tx_hash, owner=owner)
         try:
@@ -380,6 +382,11 @@ class BatchSender:
         if watched:
             Outbox.count(pipe, len(watched))
         pipe.execute()
+
+
+def filler_id(task_id: str) -> str:
+    """The id of the task that fills the nonce refused for ``task_id``: a UUID as every task's, the same on a re-run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"esp:fill-nonce:{task_id}"))
 
 
 def _nonce(item: Item) -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from nodepool.rpc import RpcClient, to_int
 from nodes.process import ProcessBackend
-from services.batch import FILL_NONCE, BatchSender
+from services.batch import FILL_NONCE, BatchSender, filler_id
 from services.outbox import Outbox
 from services.receipts import track
 from services.records import TaskRecord
@@ -146,7 +146,7 @@ def test_a_transaction_the_node_refuses_fails_alone_and_its_nonce_is_filled(benc
     error = records[2].error or {}
     assert error["type"] == "insufficient-funds" and error["message"].startswith("the node refused the transaction")
     assert error["nonce"] == 2 and error["nonce_filled_by"]
-    filler = bench.settle([f"{ids[2]}-fill"])[0]
+    filler = bench.settle([filler_id(ids[2])])[0]
     assert filler.operation == FILL_NONCE and filler.state == "confirmed"
     assert filler.result and filler.result["tx_hash"] == error["nonce_filled_by"] and filler.result["nonce"] == 2
     assert [r.result["nonce"] for r in records if r.state == "confirmed" and r.result] == [0, 1, 3, 4]
