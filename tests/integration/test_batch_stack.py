@@ -6,6 +6,7 @@ the write workers' own, started by the calls' messages.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +14,7 @@ import pytest
 
 from nodepool.rpc import to_int
 from services.outbox import Outbox
+from services.records import TaskStore
 from tests.conftest import DB_BATCH
 from tests.stack import LocalStack, wait_task
 from tests.waiting import wait_for
@@ -83,3 +85,14 @@ def test_a_queued_transfer_the_balance_cannot_cover_fails_alone_and_leaves_no_ga
     assert [r["result"]["nonce"] for r in records if r["state"] == "confirmed"] == [0, 1, 2, 3]
     assert records[2]["result"] is None
     assert chain_count(stack, sender, 4) == 4
+
+
+def test_a_write_whose_message_was_lost_is_drained_by_the_sweep(stack: LocalStack) -> None:
+    sender = new_account(stack)
+    store = TaskStore(stack.redis, ttl=3600)
+    task_id = str(uuid.uuid4())
+    # Queued as the API queues it, but its message never reaches a worker (lost with a killed worker, say).
+    store.create(task_id, "send_eth", "call", {"sender": sender, "to": DEAD, "value_wei": 9})
+    Outbox(stack.redis).push(sender, task_id)
+    record = wait_for(lambda: (r := store.get(task_id)).is_final and r, 30, "the sweep to have the write sent")
+    assert record.state == "confirmed" and record.result and record.result["nonce"] == 0, record
