@@ -1,5 +1,8 @@
 """Sending a write task's transactions: sign locally, allocate nonces in Redis, broadcast safely.
 
+(Calls, the batched operations, are sent many at a time by ``services.batch``, which
+keeps the same protocol and uses this module's Sender for accounts, nonces and records.)
+
 A write task sends one or more transactions ("steps") from one account. For
 each step it follows wallet.broadcast's protocol: a prepared (signed) transaction
 is stored in Redis under ``<task id>:<step>`` before it is first broadcast, so a
