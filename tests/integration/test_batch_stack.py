@@ -56,8 +56,13 @@ def test_two_hundred_transfers_of_one_sender_go_out_in_a_few_batches(stack: Loca
         assert response.status_code == 202, response.get_json()
         return str(response.get_json()["id"])
 
+    # Queued while no writer runs, so what is measured is the batching, not how fast the API takes them
+    # (with writers running, batches are as large as what arrives while the previous one is sent).
+    stack.stop_writers()
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(submit, range(200)))
+    assert stack.redis.llen("esp.calls") == 200, "each write keeps its own message"
+    stack.start_writers()
     records = [wait_task(stack.client(), t, timeout=120) for t in ids]
     assert Counter(r["state"] for r in records) == {"confirmed": 200}
     assert sorted(r["result"]["nonce"] for r in records) == list(range(200))
@@ -65,7 +70,7 @@ def test_two_hundred_transfers_of_one_sender_go_out_in_a_few_batches(stack: Loca
     batches = after.get("batches", 0) - before.get("batches", 0)
     assert after["transactions"] - before.get("transactions", 0) == 200
     print(f"200 transfers of one sender went out in {batches} batches")
-    assert batches <= 40, f"{batches} batches for 200 transfers: the drains did not batch"
+    assert batches <= 4, f"{batches} batches for 200 queued transfers: the drains did not batch"
     assert chain_count(stack, sender, 200) == 200
     assert outbox.waiting(sender) == (0, 0)
 
