@@ -147,6 +147,12 @@ class Outbox:
         ids: Any = self._take(keys=self._keys(sender), args=[token, str(limit), str(LOCK_MS), key_part(sender)])
         return None if ids is None else [as_text(i) for i in ids]
 
+    def is_held_by_another(self, sender: str, token: str) -> bool:
+        """True when a drain other than ``token`` holds ``sender`` (one GET: a message that finds its sender
+        busy ends before it places anything; ``take`` would say the same, ``release`` makes it safe)."""
+        holder: Any = self.redis.get(self._keys(sender)[2])
+        return holder is not None and as_text(holder) != token
+
     def settle(self, sender: str, token: str, pending: Sequence[str]) -> bool:
         """The batch is done but for ``pending`` (left in flight for a later try); False if the lock was lost."""
         return bool(self._settle(keys=self._keys(sender)[:3], args=[token, str(LOCK_MS), *pending]))

@@ -99,6 +99,8 @@ def _wait(task: Task, w: Worker, reason: str) -> dict[str, Any]:
 
 def run_drain(task: Task, w: Worker, sender: str) -> dict[str, Any]:
     """Drain ``sender``'s outbox as this message's run; hand over or retry as the drain says."""
+    if w.batcher.outbox.is_held_by_another(sender, task.request.id):
+        return _outcome(sender, Drained(state="busy"))  # most messages of a busy sender: one GET, and done
     node = getattr(task.request, "esp_node", None)
     if node is None or not w.placement.is_eligible(node, TaskKind.CALL):
         try:
@@ -144,14 +146,18 @@ def _write_task(op: Operation) -> Task:
 
     run.__name__ = op.name
     run.__doc__ = op.plan.__doc__
-    return shared_task(bind=True, base=WriteTask, name=TASK_NAMES[op.name], esp_kind=op.kind.value)(run)
+    # A batched write's message only starts a drain: its task record says what happened to it, and Celery's
+    # result and "started" state of the message (two writes to the backend each) would say nothing more.
+    options = {"ignore_result": True, "track_started": False} if op.batched else {}
+    return shared_task(bind=True, base=WriteTask, name=TASK_NAMES[op.name], esp_kind=op.kind.value, **options)(run)
 
 
 #: operation name -> its Celery task.
 WRITE_TASKS: dict[str, Task] = {name: _write_task(op) for name, op in OPERATIONS.items()}
 
 
-@shared_task(bind=True, base=WriteTask, name=DRAIN_SENDER, esp_kind=TaskKind.CALL.value)
+@shared_task(bind=True, base=WriteTask, name=DRAIN_SENDER, esp_kind=TaskKind.CALL.value, ignore_result=True,
+             track_started=False)
 def drain_sender(self: Task, sender: str) -> dict[str, Any]:
     """Drain ``sender``'s outbox: send its queued batched writes (a hand-over, or the sweep's)."""
     return run_drain(self, worker(self.app.settings), sender)
