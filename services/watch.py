@@ -81,9 +81,14 @@ class ReceiptWatch:
 
     def done(self, task_id: str) -> None:
         pipe = self.redis.pipeline()
+        self.done_to(pipe, task_id)
+        pipe.execute()
+
+    @staticmethod
+    def done_to(pipe: Pipeline, task_id: str) -> None:
+        """Queue ``done`` on ``pipe`` (many tasks settled in one round trip); the caller executes it."""
         pipe.zrem(WATCH_SET, task_id)
         pipe.delete(WATCH_KEY.format(task_id))
-        pipe.execute()
 
     def count(self) -> int:
         return int(self.redis.zcard(WATCH_SET))
