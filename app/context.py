@@ -107,7 +107,7 @@ def caller() -> Caller:
 
 def submitter() -> Submitter:
     """Writes of this request's caller, with its Idempotency-Key, enqueued through the app's Celery tasks."""
-    return Submitter(task_store(), pool().redis, enqueue_on(celery()), settings().secret_key, caller(),
+    return Submitter(task_store(), pool().redis, enqueue_on(celery(), pool().redis), settings().secret_key, caller(),
                      request.headers.get("Idempotency-Key"))
 
 

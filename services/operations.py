@@ -8,7 +8,9 @@ transactions it sends. Once its transactions are confirmed, an operation's
 
 The operations themselves are listed in ``services.plans.OPERATIONS``; the Celery
 edge (``tasks.writes``) makes one task per operation, and the API enqueues
-through it (``Enqueue``).
+through it (``Enqueue``). A ``batched`` operation (one call-class transaction) is
+sent by its sender's next drain, with every other batched write of that sender
+queued by then (``services.batch``); the others are sent one task at a time.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Operation:
     kind: TaskKind
     plan: Callable[..., Plan]  # plan(planning, **params)
     on_confirmed: ConfirmHook | None = None
+    #: One call-class transaction, sent in a batch with its sender's other queued writes (``services.batch``).
+    batched: bool = False
 
 
 #: How a service hands an operation to the queue: (operation, parameters, task id). The Celery edge provides it.

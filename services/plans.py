@@ -1,6 +1,7 @@
 """ESP's write operations: what each sends, and what its confirmation adds to the result.
 
-The write operations (one Celery task each, made by ``tasks.writes``):
+The write operations (one Celery task each, made by ``tasks.writes``; every call-class one is
+``batched``: sent in one batch with its sender's other queued calls, ``services.batch``):
 
 =================  ==========  =================  ==============================================
 operation          class       signed by          transactions
@@ -239,15 +240,15 @@ def record_download(planning: Planning, market: str, project_id: int, account: s
 #: Every write operation, by name: the one list the API, the Celery edge and the receipt tracker share.
 OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     Operation("fund_account", TaskKind.ACCOUNT, fund_account),
-    Operation("send_eth", TaskKind.CALL, send_eth),
+    Operation("send_eth", TaskKind.CALL, send_eth, batched=True),
     Operation("deploy_platform", TaskKind.DEPLOY, deploy_platform, on_confirmed=platform_deployed),
     Operation("deploy_contract", TaskKind.DEPLOY, deploy_contract),
-    Operation("token_add", TaskKind.CALL, token_add),
-    Operation("token_remove", TaskKind.CALL, token_remove),
-    Operation("token_set", TaskKind.CALL, token_set),
-    Operation("token_transfer", TaskKind.CALL, token_transfer),
-    Operation("publish", TaskKind.CALL, publish, on_confirmed=project_published),
-    Operation("buy", TaskKind.CALL, buy, on_confirmed=project_purchased),
-    Operation("record_view", TaskKind.CALL, record_view),
-    Operation("record_download", TaskKind.CALL, record_download),
+    Operation("token_add", TaskKind.CALL, token_add, batched=True),
+    Operation("token_remove", TaskKind.CALL, token_remove, batched=True),
+    Operation("token_set", TaskKind.CALL, token_set, batched=True),
+    Operation("token_transfer", TaskKind.CALL, token_transfer, batched=True),
+    Operation("publish", TaskKind.CALL, publish, on_confirmed=project_published, batched=True),
+    Operation("buy", TaskKind.CALL, buy, on_confirmed=project_purchased, batched=True),
+    Operation("record_view", TaskKind.CALL, record_view, batched=True),
+    Operation("record_download", TaskKind.CALL, record_download, batched=True),
 )}

@@ -32,7 +32,7 @@ from errors import EspError, NodeUnreachable, RpcError
 from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.rpc import RpcClient, to_int
 from services.plans import OPERATIONS
-from services.records import CONFIRMED, FAILED, TaskStore
+from services.records import CONFIRMED, FAILED, TaskStore, apply
 from services.watch import ReceiptWatch
 from wallet.broadcast import broadcast, load_prepared_many, prepared_key, save_prepared
 from wallet.nonces import NonceManager
@@ -103,6 +103,7 @@ def track(
     for _, entry in entries:
         receipts.update(entry.get("receipts") or {})  # found by an earlier pass, waiting for confirmations
     changed: dict[str, dict[str, Any]] = {}
+    finished: list[tuple[str, list[dict[str, Any]]]] = []  # settled below, all in a few round trips
     # A transaction mined before it was watched, or in a block the scan did not read, is asked for by hash.
     ask = []
     for task_id, entry in entries:
@@ -129,7 +130,7 @@ def track(
         found = [next((receipts[h.lower()] for h in p.hashes if h.lower() in receipts), None) for p in steps if p is not None]
         buried = [r is not None and head - to_int(r["blockNumber"]) + 1 >= confirmations for r in found]
         if all(buried):
-            _finish(store, watch, client, task_id, [r for r in found if r is not None], counts)
+            finished.append((task_id, [r for r in found if r is not None]))
             changed.pop(task_id, None)
             continue
         mined = {r["transactionHash"].lower(): r for r in found if r is not None}
@@ -157,6 +158,7 @@ def track(
             entry["rebroadcast_at"] = now
             changed[task_id] = entry
             counts["rebroadcast"] += 1
+    _finish(store, watch, client, finished, counts)
     watch.update_many(changed)
     return counts
 
@@ -201,34 +203,47 @@ def _scan_blocks(watch: ReceiptWatch, clients: Sequence[RpcClient],
     return client, head, receipts, Scan(read - first + 1, complete)
 
 
-def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, task_id: str,
-            found: list[dict[str, Any]], counts: dict[str, int]) -> None:
-    record = store.find(task_id)
-    result = dict(record.result or {}) if record else {}
-    fields = [receipt_fields(r) for r in found]
-    result.update(fields[0])
-    if len(fields) > 1:
-        result["transactions"] = [{"step": i, "tx_hash": r["transactionHash"], **f} for i, (r, f) in enumerate(zip(found, fields, strict=True))]
-    result["tx_hash"] = found[0]["transactionHash"]
-    failed = next((r for r in found if to_int(r["status"]) != 1), None)
-    if failed is None:
-        operation = OPERATIONS.get(record.operation) if record else None
-        hook = operation.on_confirmed if operation else None
-        if hook is not None and record is not None:
-            try:
-                result.update(hook(record.params, found, watch.redis))
-            except Exception as exc:  # a hook must not leave the task unconfirmed forever
-                log.exception("confirm hook of %s failed", record.operation)
-                result["hook_error"] = str(exc)
-        store.update(task_id, state=CONFIRMED, result=result)
-        counts["confirmed"] += 1
-    else:
-        reason = revert_reason(client, failed["transactionHash"])
-        store.update(task_id, state=FAILED, result=result,
-                     error={"type": "reverted", "message": f"reverted on chain: {reason}", "reason": reason,
-                            "tx_hash": failed["transactionHash"]})
-        counts["failed"] += 1
-    watch.done(task_id)
+def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, finished: list[tuple[str, list[dict[str, Any]]]],
+            counts: dict[str, int]) -> None:
+    """Confirm (or fail, reverted) every task whose receipts are all buried: one MGET, then one MULTI of records
+    and watch removals, records first (hooks and revert reasons, rare, still ask on their own)."""
+    if not finished:
+        return
+    records = store.find_many([task_id for task_id, _ in finished])
+    pipe = watch.redis.pipeline(transaction=True)
+    written = []
+    for (task_id, found), record in zip(finished, records, strict=True):
+        watch.done_to(pipe, task_id)
+        if record is None:
+            continue  # expired: nothing to write
+        result = dict(record.result or {})
+        fields = [receipt_fields(r) for r in found]
+        result.update(fields[0])
+        if len(fields) > 1:
+            result["transactions"] = [{"step": i, "tx_hash": r["transactionHash"], **f}
+                                      for i, (r, f) in enumerate(zip(found, fields, strict=True))]
+        result["tx_hash"] = found[0]["transactionHash"]
+        failed = next((r for r in found if to_int(r["status"]) != 1), None)
+        if failed is None:
+            operation = OPERATIONS.get(record.operation)
+            hook = operation.on_confirmed if operation else None
+            if hook is not None:
+                try:
+                    result.update(hook(record.params, found, watch.redis))
+                except Exception as exc:  # a hook must not leave the task unconfirmed forever
+                    log.exception("confirm hook of %s failed", record.operation)
+                    result["hook_error"] = str(exc)
+            if apply(record, state=CONFIRMED, result=result):
+                written.append(record)
+            counts["confirmed"] += 1
+        else:
+            reason = revert_reason(client, failed["transactionHash"])
+            if apply(record, state=FAILED, result=result, error={"type": "reverted", "message": f"reverted on chain: {reason}",
+                                                                 "reason": reason, "tx_hash": failed["transactionHash"]}):
+                written.append(record)
+            counts["failed"] += 1
+    store.write_many(written, pipe)
+    pipe.execute()
 
 
 def _replace(store: TaskStore, watch: ReceiptWatch, clients: Sequence[RpcClient], task_id: str, entry: dict[str, Any],

@@ -1,5 +1,8 @@
 """Sending a write task's transactions: sign locally, allocate nonces in Redis, broadcast safely.
 
+(Calls, the batched operations, are sent many at a time by ``services.batch``, which
+keeps the same protocol and uses this module's Sender for accounts, nonces and records.)
+
 A write task sends one or more transactions ("steps") from one account. For
 each step it follows wallet.broadcast's protocol: a prepared (signed) transaction
 is stored in Redis under ``<task id>:<step>`` before it is first broadcast, so a
@@ -91,6 +94,29 @@ Step = Callable[[SendContext], TxRequest]
 def create_address(sender: str, nonce: int) -> str:
     """The address a CREATE from ``sender`` at ``nonce`` deploys to."""
     return str(to_checksum_address(keccak(rlp_encode([bytes.fromhex(sender[2:]), nonce]))[12:]))
+
+
+def estimate_call(sender: str, request: TxRequest) -> dict[str, Any]:
+    """The ``eth_estimateGas`` call object for ``request`` sent by ``sender``."""
+    call: dict[str, Any] = {"from": sender, "value": hex(request.value), "data": request.data}
+    if request.to is not None:
+        call["to"] = request.to
+    return call
+
+
+def estimate_failure(sender: str, exc: RpcError) -> TaskFailed:
+    """What a refused ``eth_estimateGas`` means for the task: it would revert, its sender cannot pay, or else."""
+    if exc.code == 3 or "revert" in exc.rpc_message.lower():
+        reason = decode_revert(exc.data) if exc.data else exc.rpc_message
+        return TaskFailed(f"the transaction would revert: {reason}", kind="reverted", reason=reason)
+    if "insufficient funds" in exc.rpc_message.lower():
+        return TaskFailed(f"{sender} cannot pay for this transaction: {exc.rpc_message}", kind="insufficient-funds", field="from")
+    return TaskFailed(f"gas estimation failed: {exc.rpc_message}", kind="estimate-failed")
+
+
+def gas_limit(estimate: int, block_gas_limit: int) -> int:
+    """The gas a transaction is signed with: the estimate and a margin, at most a block's."""
+    return min(int(estimate * GAS_MARGIN), block_gas_limit)
 
 
 class Sender:
@@ -206,20 +232,12 @@ class Sender:
         return stored
 
     def _estimate_gas(self, sender: str, request: TxRequest, clients: list[RpcClient]) -> int:
-        call: dict[str, Any] = {"from": sender, "value": hex(request.value), "data": request.data}
-        if request.to is not None:
-            call["to"] = request.to
+        call = estimate_call(sender, request)
         try:
             estimate = to_int(self._call_any(clients, lambda c: c.call("eth_estimateGas", [call], timeout=self.settings.rpc_timeout)))
         except RpcError as exc:
-            if exc.code == 3 or "revert" in exc.rpc_message.lower():
-                reason = decode_revert(exc.data) if exc.data else exc.rpc_message
-                raise TaskFailed(f"the transaction would revert: {reason}", kind="reverted", reason=reason) from None
-            if "insufficient funds" in exc.rpc_message.lower():
-                raise TaskFailed(f"{sender} cannot pay for this transaction: {exc.rpc_message}", kind="insufficient-funds",
-                                 field="from") from None
-            raise TaskFailed(f"gas estimation failed: {exc.rpc_message}", kind="estimate-failed") from None
-        return min(int(estimate * GAS_MARGIN), self.settings.block_gas_limit)
+            raise estimate_failure(sender, exc) from None
+        return gas_limit(estimate, self.settings.block_gas_limit)
 
     @staticmethod
     def _call_any(clients: Sequence[RpcClient], fn: Callable[[RpcClient], Any]) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from nodepool.codec import as_text
 
@@ -38,12 +39,16 @@ class ReceiptWatch:
         self.redis = client
 
     def add(self, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
+        pipe = self.redis.pipeline()
+        self.add_to(pipe, task_id, hashes, deadline=deadline)
+        pipe.execute()
+
+    def add_to(self, pipe: Pipeline, task_id: str, hashes: Sequence[str], *, deadline: float) -> None:
+        """Queue ``add`` on ``pipe`` (a batch of tasks watched in one round trip); the caller executes it."""
         now = time.time()
         entry = {"steps": len(hashes), "deadline": deadline, "broadcast_at": now, "rebroadcast_at": now, "checked_at": now}
-        pipe = self.redis.pipeline()
         pipe.set(WATCH_KEY.format(task_id), json.dumps(entry))
         pipe.zadd(WATCH_SET, {task_id: now})
-        pipe.execute()
 
     def entries(self, limit: int = MAX_BATCH) -> list[tuple[str, dict[str, Any]]]:
         ids = [as_text(i) for i in self.redis.zrange(WATCH_SET, 0, limit - 1)]
@@ -76,9 +81,14 @@ class ReceiptWatch:
 
     def done(self, task_id: str) -> None:
         pipe = self.redis.pipeline()
+        self.done_to(pipe, task_id)
+        pipe.execute()
+
+    @staticmethod
+    def done_to(pipe: Pipeline, task_id: str) -> None:
+        """Queue ``done`` on ``pipe`` (many tasks settled in one round trip); the caller executes it."""
         pipe.zrem(WATCH_SET, task_id)
         pipe.delete(WATCH_KEY.format(task_id))
-        pipe.execute()
 
     def count(self) -> int:
         return int(self.redis.zcard(WATCH_SET))

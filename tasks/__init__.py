@@ -1,6 +1,7 @@
 """ESP's Celery edge: thin tasks over ``services``, the router that places them, the app that runs them.
 
 - ``app``: ``make_celery(settings)``; ``worker``: the processes' entry point (``celery -A tasks.worker …``);
-- ``writes``: one task per write operation; ``control``: the beat tasks (monitor, recycler, receipts, platform);
+- ``writes``: one task per write operation (a call's drains its sender's outbox), ``drain_sender``;
+  ``control``: the beat tasks (monitor, recycler, receipts, outbox sweep, platform);
 - ``routing``: the queues and the router; ``config``: Celery's settings; ``context``: a worker process's objects.
 """

@@ -22,12 +22,14 @@ from kombu import Queue
 
 from balancer import TaskKind
 from settings import Settings
-from tasks.control import ENSURE_PLATFORM, RECYCLE_STEP, SAMPLE_POOL, TRACK_RECEIPTS
+from tasks.control import ENSURE_PLATFORM, RECYCLE_STEP, SAMPLE_POOL, SWEEP_OUTBOXES, TRACK_RECEIPTS
 from tasks.routing import CONTROL_QUEUE, QUEUE_OF_KIND, QUEUES, Router
 
 #: The longest a write task may run (signing and broadcasting; receipts are tracked elsewhere).
 TASK_TIME_LIMIT = 120
 VISIBILITY_TIMEOUT = 3600
+#: Seconds between two sweeps of the outboxes (``tasks.control.sweep_outboxes``).
+SWEEP_INTERVAL = 1.0
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -75,6 +77,12 @@ def from_settings(settings: Settings) -> dict[str, Any]:
                 "task": ENSURE_PLATFORM,
                 "schedule": 60.0,
                 "options": {"queue": CONTROL_QUEUE, "expires": 60.0},
+            },
+            "sweep-outboxes": {
+                # Batched writes whose drain message was lost (its worker killed) or whose drain died.
+                "task": SWEEP_OUTBOXES,
+                "schedule": SWEEP_INTERVAL,
+                "options": {"queue": CONTROL_QUEUE, "expires": SWEEP_INTERVAL * 2},
             },
             "track-receipts": {
                 "task": TRACK_RECEIPTS,

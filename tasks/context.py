@@ -7,8 +7,11 @@ from functools import cache, cached_property
 
 from nodepool.placement import Placement
 from nodepool.pool import Pool
+from services.batch import BatchSender
 from services.monitor import ResourceSampler
 from services.operations import Planning
+from services.outbox import Outbox
+from services.plans import OPERATIONS
 from services.records import TaskStore
 from services.sending import Sender
 from settings import Settings
@@ -35,6 +38,11 @@ class Worker:
     @cached_property
     def sender(self) -> Sender:
         return Sender(self.pool, self.placement, self.store)
+
+    @cached_property
+    def batcher(self) -> BatchSender:
+        """Drains senders' outboxes (batched writes) with this process's sender."""
+        return BatchSender(self.sender, Outbox(self.pool.redis), self.planning, OPERATIONS)
 
     @cached_property
     def planning(self) -> Planning:

@@ -3,6 +3,8 @@
 - ``sample_pool``: the monitor samples every node into the balancer's snapshot (``services.monitor``);
 - ``recycle_step``: the recycler advances by one step (``services.recycler``);
 - ``track_receipts``: confirm, fail, re-broadcast or replace watched transactions (``services.receipts``);
+- ``sweep_outboxes``: a drain for every sender whose batched writes wait with no drain holding them
+  (``services.outbox``: a drain message lost with its worker, a holder that died);
 - ``ensure_platform``: deploy the platform contracts when the chain has none (``services.platform``);
   also run once when the control worker starts;
 - ``node_head``: a node's chain id and head through the broker (a round-trip check).
@@ -28,13 +30,14 @@ from services.receipts import track
 from services.recycler import recycle_step
 from tasks.context import worker
 from tasks.routing import CONTROL_QUEUE
-from tasks.writes import enqueue_on
+from tasks.writes import DRAIN_SENDER, enqueue_on
 
 log = logging.getLogger(__name__)
 
 SAMPLE_POOL = "tasks.control.sample_pool"
 RECYCLE_STEP = "tasks.control.recycle_step"
 TRACK_RECEIPTS = "tasks.control.track_receipts"
+SWEEP_OUTBOXES = "tasks.control.sweep_outboxes"
 ENSURE_PLATFORM = "tasks.control.ensure_platform"
 NODE_HEAD = "tasks.control.node_head"
 
@@ -91,6 +94,20 @@ def track_receipts(self: Task) -> dict[str, int]:
     except NodeUnreachable as exc:
         log.warning("receipt check skipped: %s", exc)
         return {}
+
+
+@shared_task(bind=True, name=SWEEP_OUTBOXES, queue=CONTROL_QUEUE, ignore_result=True)
+def sweep_outboxes(self: Task) -> int:
+    """Beat task: send a drain for every sender whose outbox waits, quiet, with no drain holding it."""
+    try:
+        senders = worker(self.app.settings).batcher.outbox.idle_senders()
+    except redis.RedisError as exc:
+        log.warning("outbox sweep failed: Redis: %s", exc)
+        return 0
+    for sender in senders:
+        log.info("outbox of %s waits with no drain: one is sent", sender)
+        self.app.tasks[DRAIN_SENDER].apply_async(kwargs={"sender": sender})
+    return len(senders)
 
 
 @shared_task(bind=True, name=ENSURE_PLATFORM, queue=CONTROL_QUEUE, ignore_result=True, max_retries=ENSURE_MAX_RETRIES)

@@ -6,23 +6,43 @@ keystore or the unlock store); it asks the operation for its Plan, places it on
 a node and hands it to the Sender (``services.sending``). Task names are
 ``tasks.writes.<operation>``, declared here once (``TASK_NAMES``); the API
 enqueues through the task objects (``enqueue_on``).
+
+A batched operation (``Operation.batched``: one call) keeps its own message on
+the calls queue, routed and shown as any other, but its id is first pushed to
+its sender's outbox (``services.outbox``), and running the message drains that
+outbox (``services.batch``): the first of a sender's messages sends the writes of
+that sender queued so far in one batch, and the messages of writes already sent
+find nothing left to do. ``drain_sender`` (DRAIN_SENDER) is the same drain for a
+sender named outright: a drain that spent its time budget hands over with one, and
+the control worker's sweep sends one for an outbox no drain holds.
+
+Why a message per write rather than one per drain: the calls queue stays the
+picture of the backlog that Flower, the router's placement headers and the
+deploy-first priority rely on, and a message lost with its worker (redelivered
+late) or found busy costs nothing, since no write depends on its own message.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
+import redis
 from celery import Celery, Task, shared_task
 from celery.exceptions import MaxRetriesExceededError
+from eth_account import Account
 from kombu.exceptions import OperationalError
 
 from balancer import TaskKind
 from errors import NoHealthyNode
-from services.operations import Enqueue, Operation, Plan
+from services.batch import Drained
+from services.operations import Enqueue, Operation, Plan, Planning
+from services.outbox import Outbox
 from services.plans import OPERATIONS
 from services.records import FAILED, WAITING
 from services.sending import NodeBusy, TaskFailed
+from settings import Settings
 from tasks.context import Worker, worker
 
 log = logging.getLogger(__name__)
@@ -32,6 +52,10 @@ WAIT_RETRIES = 120
 
 #: operation name -> Celery task name.
 TASK_NAMES = {name: f"tasks.writes.{name}" for name in OPERATIONS}
+#: The drain of one sender's outbox, named outright (a hand-over, or the sweep).
+DRAIN_SENDER = "tasks.writes.drain_sender"
+#: Seconds before a drain whose transactions no node took tries them again.
+DRAIN_RETRY_SECONDS = 1.0
 
 
 class WriteTask(Task):
@@ -73,6 +97,39 @@ def _wait(task: Task, w: Worker, reason: str) -> dict[str, Any]:
         return {"failed": error}
 
 
+def run_drain(task: Task, w: Worker, sender: str) -> dict[str, Any]:
+    """Drain ``sender``'s outbox as this message's run; hand over or retry as the drain says."""
+    if w.batcher.outbox.is_held_by_another(sender, task.request.id):
+        return _outcome(sender, Drained(state="busy"))  # most messages of a busy sender: one GET, and done
+    node = getattr(task.request, "esp_node", None)
+    if node is None or not w.placement.is_eligible(node, TaskKind.CALL):
+        try:
+            node = w.placement.choose(TaskKind.CALL).node_id
+        except NoHealthyNode as exc:
+            return _retry_drain(task, sender, str(exc))
+    with w.placement.traffic.track(node):
+        run = w.batcher.drain(sender, task.request.id, w.sender.clients(TaskKind.CALL, node))
+    outcome = _outcome(sender, run)
+    if run.state == "more":
+        task.app.tasks[DRAIN_SENDER].apply_async(kwargs={"sender": sender})
+    elif run.state == "waiting":
+        return _retry_drain(task, sender, run.reason or "no node took the batch", outcome)
+    return outcome
+
+
+def _retry_drain(task: Task, sender: str, reason: str, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run this drain again later; past WAIT_RETRIES the sweep takes over (the ids stay in the outbox)."""
+    log.info("drain of %s waits: %s", sender, reason)
+    try:
+        raise task.retry(countdown=min(DRAIN_RETRY_SECONDS * (1.2 ** task.request.retries), 10.0))
+    except MaxRetriesExceededError:
+        return outcome or {"sender": sender, "state": "waiting", "reason": reason}
+
+
+def _outcome(sender: str, run: Drained) -> dict[str, Any]:
+    return {"sender": sender, "state": run.state, "batches": run.batches, "sent": run.sent, "failed": run.failed}
+
+
 def _write_task(op: Operation) -> Task:
     def run(self: Task, **params: Any) -> dict[str, Any]:
         w = worker(self.app.settings)
@@ -83,24 +140,63 @@ def _write_task(op: Operation) -> Task:
             error = {"type": "bad-arguments", "message": f"{op.name}: {exc}"}
             w.store.update(self.request.id, state=FAILED, error=error)
             return {"failed": error}
+        if op.batched:
+            return run_drain(self, w, plan.sender)
         return run_write(self, w, op.kind, plan)
 
     run.__name__ = op.name
     run.__doc__ = op.plan.__doc__
-    return shared_task(bind=True, base=WriteTask, name=TASK_NAMES[op.name], esp_kind=op.kind.value)(run)
+    # A batched write's message only starts a drain: its task record says what happened to it, and Celery's
+    # result and "started" state of the message (two writes to the backend each) would say nothing more.
+    options = {"ignore_result": True, "track_started": False} if op.batched else {}
+    return shared_task(bind=True, base=WriteTask, name=TASK_NAMES[op.name], esp_kind=op.kind.value, **options)(run)
 
 
 #: operation name -> its Celery task.
 WRITE_TASKS: dict[str, Task] = {name: _write_task(op) for name, op in OPERATIONS.items()}
 
 
-def enqueue_on(app: Celery) -> Enqueue:
-    """How services hand an operation to ``app``'s queues: its task object's apply_async (the router places it)."""
+@shared_task(bind=True, base=WriteTask, name=DRAIN_SENDER, esp_kind=TaskKind.CALL.value, ignore_result=True,
+             track_started=False)
+def drain_sender(self: Task, sender: str) -> dict[str, Any]:
+    """Drain ``sender``'s outbox: send its queued batched writes (a hand-over, or the sweep's)."""
+    return run_drain(self, worker(self.app.settings), sender)
+
+
+@cache
+def _treasury(settings: Settings) -> str:
+    return str(Account.from_key(settings.treasury_key).address)
+
+
+@cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def enqueue_on(app: Celery, client: redis.Redis | None = None) -> Enqueue:
+    """How services hand an operation to ``app``'s queues: its task object's apply_async (the router places it).
+
+    A batched operation's id goes to its sender's outbox first (in ``client``, by default
+    a client of the app's Redis), so that whichever drain of that sender runs next finds it.
+    """
+    settings: Settings = app.settings
+    client = client if client is not None else _redis(settings.redis_url)
+    outbox = Outbox(client)
 
     def enqueue(op: Operation, params: dict[str, Any], task_id: str) -> None:
+        sender = None
+        if op.batched:
+            try:
+                sender = op.plan(Planning(treasury=_treasury(settings), redis=client), **params).sender
+            except (TypeError, ValueError):
+                sender = None  # its message fails it as bad arguments, as any unreadable write
+            if sender is not None:
+                outbox.push(sender, task_id)
         try:
             app.tasks[TASK_NAMES[op.name]].apply_async(kwargs=params, task_id=task_id)
         except OperationalError as exc:
-            raise NoHealthyNode(f"the task queue is unavailable: {exc}") from None
+            if sender is None or outbox.withdraw(sender, task_id):
+                raise NoHealthyNode(f"the task queue is unavailable: {exc}") from None
+            log.warning("task %s: its message was not published, but a drain has it already", task_id)
 
     return enqueue

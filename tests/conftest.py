@@ -47,6 +47,7 @@ DB_FUZZ = 6
 DB_ACCESS = 11
 DB_CHAINSTATE = 3
 DB_APP = 4
+DB_BATCH = 2
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -175,6 +175,32 @@ def save_prepared(
     raise RuntimeError(f"could not store the prepared transaction under {key}")
 
 
+def save_prepared_many(redis_client: redis.Redis, items: Sequence[tuple[str, PreparedTx]], *,
+                       ttl: int = PREPARED_TTL) -> list[PreparedTx]:
+    """``save_prepared`` for many (key, prepared) in one pipeline; the records that ARE stored, in order.
+
+    Same first-writer-wins rule: where a key already held a record, that record comes back
+    (read in a second round trip, only then) and the caller must release its own nonce.
+    """
+    if not items:
+        return []
+    pipe = redis_client.pipeline(transaction=False)
+    for key, prepared in items:
+        pipe.set(key, prepared.to_json(), ex=ttl, nx=True)
+    stored = pipe.execute()
+    lost = [key for (key, _), ok in zip(items, stored, strict=True) if not ok]
+    if not lost:
+        return [prepared for _, prepared in items]
+    winners = dict(zip(lost, load_prepared_many(redis_client, lost), strict=True))
+    out = []
+    for key, prepared in items:
+        winner = winners.get(key, prepared)
+        if winner is None:  # expired between SET NX and GET: store ours the one-by-one way
+            winner = save_prepared(redis_client, key, prepared, ttl=ttl)
+        out.append(winner)
+    return out
+
+
 def load_prepared(redis_client: redis.Redis, key: str) -> PreparedTx | None:
     """The prepared transaction stored under ``key``, or None."""
     raw: Any = redis_client.get(key)

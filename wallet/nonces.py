@@ -10,7 +10,10 @@ Keys, for chain ``c`` and lower-case address ``a`` (no key holds a secret):
     esp:nonce:c:a:<n>         str   hash of the transaction signed with nonce n (``record``), kept MAPPING_TTL
 
 Each operation is one Lua script, so it is atomic against every other worker;
-no per-address lock is needed, and none is taken.
+no per-address lock is needed, and none is taken. A batch of one sender's
+transactions (``services.batch``) takes its nonces with ``allocate_many`` and
+binds them with ``record_many``: the same steps for each owner, in one script
+(one round trip) each.
 
 The life of a nonce (the protocol ``wallet.broadcast`` documents for a task):
 
@@ -70,69 +73,95 @@ _NO_OWNER = "\x00"
 
 # KEYS, in every script: 1 state hash, 2 released zset, 3 leases zset, 4 holders hash (leased nonce -> owner),
 # then the owner key and/or the per-nonce hash key. Every script reads the Redis clock (TIME), never a worker's.
-_ALLOCATE = """
+# The *_MANY scripts compute each owner's key inside (prefix .. 'owner:' .. owner), like the per-nonce keys.
+_ALLOCATE_FN = """
+local function allocate(owner, owner_key, start, lease, prefix, now)
+  if owner ~= '' then
+    local held = redis.call('GET', owner_key)
+    -- only while this owner still holds the lease: a nonce recorded, released or re-leased since is not its own
+    if held and redis.call('HGET', KEYS[4], held) == owner then
+      redis.call('PEXPIRE', owner_key, lease)
+      redis.call('ZADD', KEYS[3], now + lease + 1000, held)
+      return tonumber(held)
+    end
+    if held then redis.call('DEL', owner_key) end
+  end
+  local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)
+  for _, n in ipairs(expired) do
+    redis.call('ZREM', KEYS[3], n)
+    redis.call('HDEL', KEYS[4], n)
+    if redis.call('EXISTS', prefix .. n) == 0 and tonumber(n) >= floor then
+      redis.call('ZADD', KEYS[2], tonumber(n), n)
+    end
+  end
+  local nonce
+  local low = redis.call('ZPOPMIN', KEYS[2])
+  if low[1] then
+    nonce = tonumber(low[1])
+  else
+    local nxt = redis.call('HGET', KEYS[1], 'next')
+    if not nxt then
+      if start == '' then return -1 end
+      nxt = start
+      redis.call('HSET', KEYS[1], 'floor', start)
+    end
+    nonce = tonumber(nxt)
+    redis.call('HSET', KEYS[1], 'next', string.format('%d', nonce + 1))
+  end
+  local member = string.format('%d', nonce)
+  redis.call('ZADD', KEYS[3], now + lease + 1000, member)
+  redis.call('HSET', KEYS[4], member, owner)
+  if owner ~= '' then redis.call('SET', owner_key, member, 'PX', lease) end
+  return nonce
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[3])
-local owner = ARGV[2]
-if owner ~= '' then
-  local held = redis.call('GET', KEYS[5])
-  -- only while this owner still holds the lease: a nonce recorded, released or re-leased since is not its own
-  if held and redis.call('HGET', KEYS[4], held) == owner then
-    redis.call('PEXPIRE', KEYS[5], lease)
-    redis.call('ZADD', KEYS[3], now + lease + 1000, held)
-    return tonumber(held)
-  end
-  if held then redis.call('DEL', KEYS[5]) end
+"""
+
+# ARGV: start ('' unless initialising), owner, lease ms, per-nonce key prefix.
+_ALLOCATE = _ALLOCATE_FN + """
+return allocate(ARGV[2], KEYS[5], ARGV[1], tonumber(ARGV[3]), ARGV[4], now)
+"""
+
+# ARGV: start, lease ms, per-nonce key prefix, then one owner per nonce wanted. {-1} when not initialised.
+_ALLOCATE_MANY = _ALLOCATE_FN + """
+local out = {}
+for i = 4, #ARGV do
+  local n = allocate(ARGV[i], ARGV[3] .. 'owner:' .. ARGV[i], ARGV[1], tonumber(ARGV[2]), ARGV[3], now)
+  if n == -1 then return {-1} end
+  out[#out + 1] = n
 end
-local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
-local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 32)
-for _, n in ipairs(expired) do
-  redis.call('ZREM', KEYS[3], n)
-  redis.call('HDEL', KEYS[4], n)
-  if redis.call('EXISTS', ARGV[4] .. n) == 0 and tonumber(n) >= floor then
-    redis.call('ZADD', KEYS[2], tonumber(n), n)
-  end
-end
-local nonce
-local low = redis.call('ZPOPMIN', KEYS[2])
-if low[1] then
-  nonce = tonumber(low[1])
-else
-  local nxt = redis.call('HGET', KEYS[1], 'next')
-  if not nxt then
-    if ARGV[1] == '' then return -1 end
-    nxt = ARGV[1]
-    redis.call('HSET', KEYS[1], 'floor', ARGV[1])
-  end
-  nonce = tonumber(nxt)
-  redis.call('HSET', KEYS[1], 'next', string.format('%d', nonce + 1))
-end
-local member = string.format('%d', nonce)
-redis.call('ZADD', KEYS[3], now + lease + 1000, member)
-redis.call('HSET', KEYS[4], member, owner)
-if owner ~= '' then redis.call('SET', KEYS[5], member, 'PX', lease) end
-return nonce
+return out
 """
 
 _END_LEASE = """
-local function end_lease(nonce, owner)
+local function end_lease(nonce, owner, owner_key)
   redis.call('ZREM', KEYS[3], nonce)
   redis.call('HDEL', KEYS[4], nonce)
-  if owner ~= '' and redis.call('GET', KEYS[5]) == nonce then redis.call('DEL', KEYS[5]) end
+  if owner ~= '' and redis.call('GET', owner_key) == nonce then redis.call('DEL', owner_key) end
 end
 """
 
 _RECORD = _END_LEASE + """
 redis.call('SET', KEYS[6], ARGV[3], 'EX', ARGV[4])
-end_lease(ARGV[1], ARGV[2])
+end_lease(ARGV[1], ARGV[2], KEYS[5])
+return 1
+"""
+
+# ARGV: per-nonce key prefix, mapping TTL, then (nonce, owner, tx hash) triples.
+_RECORD_MANY = _END_LEASE + """
+for i = 3, #ARGV, 3 do
+  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 2], 'EX', ARGV[2])
+  end_lease(ARGV[i], ARGV[i + 1], ARGV[1] .. 'owner:' .. ARGV[i + 1])
+end
 return 1
 """
 
 _RELEASE = _END_LEASE + """
 local n = tonumber(ARGV[1])
 redis.call('DEL', KEYS[6])
-end_lease(ARGV[1], ARGV[2])
+end_lease(ARGV[1], ARGV[2], KEYS[5])
 local nxt = tonumber(redis.call('HGET', KEYS[1], 'next') or '-1')
 local floor = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
 if nxt < 0 or n >= nxt or n < floor then return 0 end
@@ -215,7 +244,9 @@ class NonceManager:
         self.lease_ms = int(lease_seconds * 1000)
         self.mapping_ttl = int(mapping_ttl)
         self._allocate = redis_client.register_script(_ALLOCATE)
+        self._allocate_many = redis_client.register_script(_ALLOCATE_MANY)
         self._record = redis_client.register_script(_RECORD)
+        self._record_many = redis_client.register_script(_RECORD_MANY)
         self._release = redis_client.register_script(_RELEASE)
         self._resync = redis_client.register_script(_RESYNC)
 
@@ -253,10 +284,36 @@ class NonceManager:
             log.info("nonces of %s on chain %d start at %d", checksum(address), self.chain_id, start)
         return nonce
 
+    def allocate_many(self, address: str, clients: Sequence[RpcClient], owners: Sequence[str]) -> list[int]:
+        """``allocate`` for each of ``owners`` (one nonce each, in order), in one script: one round trip.
+
+        Each owner that still holds an unrecorded nonce gets it back, as with ``allocate``;
+        the others get released nonces first (lowest first), then fresh ones.
+        """
+        if not owners:
+            return []
+        keys = self._keys(address, None)[:4]
+        flags = [str(self.lease_ms), f"{self._base(address)}:", *owners]
+        nonces = [int(n) for n in self._allocate_many(keys=keys, args=["", *flags])]
+        if nonces == [-1]:
+            start = pool_pending_count(address, clients)
+            nonces = [int(n) for n in self._allocate_many(keys=keys, args=[str(start), *flags])]
+            log.info("nonces of %s on chain %d start at %d", checksum(address), self.chain_id, start)
+        return nonces
+
     def record(self, address: str, nonce: int, tx_hash: str, *, owner: str | None = None) -> None:
         """Bind ``nonce`` to its signed transaction ``tx_hash`` (call before the first broadcast; idempotent)."""
         keys = [*self._keys(address, owner), self.mapping_key(address, nonce)]
         self._record(keys=keys, args=[str(int(nonce)), owner or "", tx_hash, str(self.mapping_ttl)])
+
+    def record_many(self, address: str, recorded: Sequence[tuple[int, str, str]]) -> None:
+        """``record`` each (nonce, tx hash, owner) of ``address`` in one script: one round trip."""
+        if not recorded:
+            return
+        args = [f"{self._base(address)}:", str(self.mapping_ttl)]
+        for nonce, tx_hash, owner in recorded:
+            args += [str(int(nonce)), owner, tx_hash]
+        self._record_many(keys=self._keys(address, None)[:4], args=args)
 
     def tx_hash_for(self, address: str, nonce: int) -> str | None:
         """The hash recorded for ``nonce`` of ``address``, if any."""

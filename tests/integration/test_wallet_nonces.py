@@ -224,3 +224,24 @@ def test_accounts_and_chains_are_independent(r: redis.Redis, node: RpcClient) ->
     assert [main.allocate(one, [node]) for _ in range(3)] == [0, 1, 2]
     assert main.allocate(other, [node]) == 0
     assert side.allocate(one, [node]) == 0
+
+
+def test_a_range_is_allocated_and_recorded_in_one_script_each(r: redis.Redis, node: RpcClient) -> None:
+    manager = NonceManager(r, CHAIN_ID)
+    address = Account.create().address
+    single = manager.allocate(address, [node], owner="alone")
+    assert manager.allocate_many(address, [node], [f"t{i}" for i in range(5)]) == list(range(single + 1, single + 6))
+    assert manager.release(address, single + 2, owner="t1")  # a refused one, below the top
+    # Owners still holding their lease get their nonce back; the others get the released one first, then fresh ones.
+    assert manager.allocate_many(address, [node], ["t0", "late", "t4", "later"]) == [single + 1, single + 2, single + 5, single + 6]
+    manager.record_many(address, [(single + 1, "0x" + "01" * 32, "t0"), (single + 6, "0x" + "06" * 32, "later")])
+    assert manager.tx_hash_for(address, single + 6) == "0x" + "06" * 32
+    assert {single + 1, single + 6}.isdisjoint(manager.state(address).leased)
+    assert manager.allocate_many(address, [node], ["t0"]) == [single + 7]  # recorded: a new send needs a new nonce
+
+
+def test_a_range_starts_from_the_pool_s_pending_count(r: redis.Redis, node: RpcClient) -> None:
+    manager = NonceManager(r, CHAIN_ID)
+    start = to_int(node.call("eth_getTransactionCount", [TREASURY.address, "pending"]))
+    assert manager.allocate_many(TREASURY.address, [node], ["a", "b", "c"]) == [start, start + 1, start + 2]
+    assert manager.allocate_many(TREASURY.address, [node], []) == []
