@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +44,16 @@ class RunningStack:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(ROOT / "scripts" / "up.sh")], cwd=ROOT, env=child, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
+        if threading.current_thread() is threading.main_thread():
+            # `timeout` and Ctrl-C alike: unwind through close(), so no stack outlives its benchmark.
+            signal.signal(signal.SIGTERM, _raise_system_exit)
+        try:
+            self._wait_ready(run_dir, deadline=time.monotonic() + 90)
+        except BaseException:
+            self.close()  # never leave a half-started stack (and its Redis) running behind a failed benchmark
+            raise
+
+    def _wait_ready(self, run_dir: Path, *, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the stack exited: see {run_dir / 'stack.log'}")
@@ -54,7 +64,6 @@ class RunningStack:
             except OSError:
                 pass
             time.sleep(0.3)
-        self.close()
         raise RuntimeError("the stack did not become ready in 90 s")
 
     def create_key(self, name: str, role: str) -> str:
@@ -121,6 +130,10 @@ class RunningStack:
                 self.proc.wait(10)
         self.log.close()
         self.redis.close()
+
+
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def percentile(values: list[float], p: float) -> float:
