@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -130,6 +131,14 @@ class RunningStack:
                 self.proc.wait(10)
         self.log.close()
         self.redis.close()
+
+
+def esp_setting(text: str) -> tuple[str, str]:
+    """``ESP_X=VALUE`` -> (name, value), for a benchmark's ``--esp-env``; anything else is a usage error."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("ESP_"):
+        raise argparse.ArgumentTypeError(f"expected ESP_NAME=VALUE, not {text!r}")
+    return name, value
 
 
 def _raise_system_exit(signum: int, frame: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from bench.profile import Profile
-from bench.stack import RESULTS, RunningStack, percentile, write_results
+from bench.stack import RESULTS, RunningStack, esp_setting, percentile, write_results
 
 PASSWORD = "bench password for accounts"
 CLIENTS = 64
@@ -115,11 +115,13 @@ def main() -> None:
     parser.add_argument("--many", type=int, default=10, help="sending accounts in the many-senders run (default 10)")
     parser.add_argument("--rate", type=float, help="the paced run's rate (default: half the one-sender max rate)")
     parser.add_argument("--profile", action="store_true", help="py-spy over the stack during the one-sender max run")
+    parser.add_argument("--esp-env", action="append", default=[], metavar="ESP_X=VALUE", type=esp_setting,
+                        help="an ESP setting for the stack under test (repeatable; recorded with the results)")
     parser.add_argument("--name", default="writes", help="results file name under bench/results (default writes)")
     args = parser.parse_args()
     profile_out = RESULTS / "profiles" / f"{args.name}-one-sender.raw"
     with tempfile.TemporaryDirectory(prefix="esp-bench-") as tmp:
-        stack = RunningStack(Path(tmp), ESP_KEYSTORE_SCRYPT_N="4096", ESP_DEPLOY_PLATFORM="0")
+        stack = RunningStack(Path(tmp), ESP_KEYSTORE_SCRYPT_N="4096", ESP_DEPLOY_PLATFORM="0", **dict(args.esp_env))
         try:
             accounts = make_accounts(stack, args.many)
             run(stack, accounts[:1], 100)  # warm-up: connections, imports, the first blocks
@@ -134,7 +136,7 @@ def main() -> None:
         finally:
             stack.close()
     figures = {"setup": f"3 anvil nodes (1 s interval blocks), the Procfile's API and workers, an httpx asyncio client with "
-               f"{CLIENTS} connections, loopback", "one_sender": one, "many_senders": many, "paced": paced}
+               f"{CLIENTS} connections, loopback", "esp_env": dict(args.esp_env), "one_sender": one, "many_senders": many, "paced": paced}
     rows = (("one sender, max", one), ("ten senders, max", many), (f"ten senders, paced {paced['paced_rate_per_s']:.0f}/s", paced))
     table = "\n".join([
         "| run | senders | tx | confirmed | errors | submit/s | confirmed/s | p50 s | p99 s |",

@@ -51,7 +51,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.policies import Stall
 from bench.profile import Profile
-from bench.stack import RESULTS, RunningStack
+from bench.stack import RESULTS, RunningStack, esp_setting
 from bench.thesis import loadgen, report
 from bench.thesis.loadgen import OpRecord
 from bench.thesis.plan import PARTS, QUICK_CAP_S, QUICK_COUNT, QUICK_LEVELS, Case, Plan, describe, estimate, minutes, quick_plan
@@ -297,14 +297,6 @@ def run_plan(name: str, title: str, groups: Plan, count: int | None, cap: float,
               f"errors ESP-3 {row['esp_errors']}, control {row['control_errors']}")
     print(f"{name} took {took:.0f} s; figures in {path.parent}")
     return path
-
-
-def esp_setting(text: str) -> tuple[str, str]:
-    """``ESP_X=VALUE`` -> (name, value); anything else is a usage error."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.startswith("ESP_"):
-        raise argparse.ArgumentTypeError(f"expected ESP_NAME=VALUE, not {text!r}")
-    return name, value
 
 
 def engine_problem() -> str | None:
