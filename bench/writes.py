@@ -3,7 +3,8 @@
 ``python -m bench.writes`` starts the real stack (3 anvil nodes, 1 s blocks,
 gunicorn, the write and control workers, beat: ``scripts/up.sh`` on a Redis of its
 own), creates the sending accounts through the API, then submits ETH transfers
-from an asyncio client (httpx, C connections):
+from an asyncio client (aiohttp, C connections; httpx's pool spent a whole core
+choosing connections and held submits near 80/s, with the API's threads idle):
 
 - ``max``: as fast as the API takes them, once all from ONE account, once spread
   over ten: confirmed/s is transfers ÷ (last confirmation - first submit);
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from bench.profile import Profile
 from bench.stack import RESULTS, RunningStack, esp_setting, percentile, write_results
@@ -33,6 +34,7 @@ from bench.stack import RESULTS, RunningStack, esp_setting, percentile, write_re
 PASSWORD = "bench password for accounts"
 CLIENTS = 64
 RUN_CAP_S = 300.0
+TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 def make_accounts(stack: RunningStack, n: int) -> list[str]:
@@ -50,20 +52,20 @@ def make_accounts(stack: RunningStack, n: int) -> list[str]:
 
 async def _submit_all(stack: RunningStack, senders: list[str], count: int, rate: float | None) -> tuple[list[str], float]:
     """Submit ``count`` transfers (paced at ``rate`` per second when given); their task ids and the first submit time."""
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     headers = {"Authorization": f"Bearer {stack.key}"}
     ids: list[str] = [""] * count
     started = time.time()
-    async with httpx.AsyncClient(base_url=stack.base, limits=limits, timeout=60, headers=headers) as client:
+    connector = aiohttp.TCPConnector(limit=CLIENTS)
+    async with aiohttp.ClientSession(stack.base, connector=connector, headers=headers, timeout=TIMEOUT) as client:
         slots = asyncio.Semaphore(CLIENTS)
 
         async def submit(i: int) -> None:
             async with slots:
                 body = {"from": senders[i % len(senders)], "to": senders[(i + 1) % len(senders)], "value_wei": 1}
-                response = await client.post("/api/v1/transactions", json=body)
-                if response.status_code != 202:
-                    raise RuntimeError(f"submit failed: {response.status_code} {response.text[:300]}")
-                ids[i] = response.json()["id"]
+                async with client.post("/api/v1/transactions", json=body) as response:
+                    if response.status != 202:
+                        raise RuntimeError(f"submit failed: {response.status} {(await response.text())[:300]}")
+                    ids[i] = (await response.json())["id"]
 
         jobs = []
         for i in range(count):
@@ -76,12 +78,13 @@ async def _submit_all(stack: RunningStack, senders: list[str], count: int, rate:
 
 async def _settle(stack: RunningStack, ids: list[str], deadline: float) -> list[dict[str, Any]]:
     """Every task's record once final (or as it is at the deadline)."""
-    limits = httpx.Limits(max_connections=16)
     headers = {"Authorization": f"Bearer {stack.key}"}
-    async with httpx.AsyncClient(base_url=stack.base, limits=limits, timeout=60, headers=headers) as client:
+    connector = aiohttp.TCPConnector(limit=16)
+    async with aiohttp.ClientSession(stack.base, connector=connector, headers=headers, timeout=TIMEOUT) as client:
         async def final(task_id: str) -> dict[str, Any]:
             while True:
-                record: dict[str, Any] = (await client.get(f"/api/v1/tasks/{task_id}?wait=20")).json()
+                async with client.get(f"/api/v1/tasks/{task_id}?wait=20") as response:
+                    record: dict[str, Any] = await response.json()
                 if record["state"] in ("confirmed", "failed") or time.time() > deadline:
                     return record
 
@@ -135,7 +138,7 @@ def main() -> None:
             paced = run(stack, accounts, args.count, rate=rate)
         finally:
             stack.close()
-    figures = {"setup": f"3 anvil nodes (1 s interval blocks), the Procfile's API and workers, an httpx asyncio client with "
+    figures = {"setup": f"3 anvil nodes (1 s interval blocks), the Procfile's API and workers, an aiohttp asyncio client with "
                f"{CLIENTS} connections, loopback", "esp_env": dict(args.esp_env), "one_sender": one, "many_senders": many, "paced": paced}
     rows = (("one sender, max", one), ("ten senders, max", many), (f"ten senders, paced {paced['paced_rate_per_s']:.0f}/s", paced))
     table = "\n".join([
