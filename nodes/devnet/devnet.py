@@ -197,19 +197,22 @@ class Devnet:
             except NodeError as exc:
                 log.warning("could not forward %s's pending transactions: %s", node_id, exc)
         self.record_status(node_id, SYNCING, head=-1)
-        if self._launched_as.get(node_id) == ROLE_FOLLOWER:
-            new = self.backend.restart(spec.replace(role=ROLE_FOLLOWER))
-        else:
-            # A container restart keeps the container's command line, a leader's mining flags
-            # included: a node launched as leader comes back as a new follower process or container.
-            self.backend.stop(spec)
-            new = self.backend.start(node_id, role=ROLE_FOLLOWER, port=spec.port).replace(generation=spec.generation + 1)
-        with self._lock:
-            self._stopped.discard(node_id)
-            self._launched_as[node_id] = ROLE_FOLLOWER
-        self._put(new.replace(role=ROLE_FOLLOWER))
-        # Again under the new generation: a round of the old one may have published "up" meanwhile.
-        self.record_status(node_id, SYNCING, head=-1, leader_head=-1, counters=(0, 0, 0))
+        # No round runs on the node until the new one is on record: a round of the old generation
+        # that reached the new node would import blocks its counters never show.
+        with self._rounds.held(node_id):
+            if self._launched_as.get(node_id) == ROLE_FOLLOWER:
+                new = self.backend.restart(spec.replace(role=ROLE_FOLLOWER))
+            else:
+                # A container restart keeps the container's command line, a leader's mining flags
+                # included: a node launched as leader comes back as a new follower process or container.
+                self.backend.stop(spec)
+                new = self.backend.start(node_id, role=ROLE_FOLLOWER, port=spec.port).replace(generation=spec.generation + 1)
+            with self._lock:
+                self._stopped.discard(node_id)
+                self._launched_as[node_id] = ROLE_FOLLOWER
+            self._put(new.replace(role=ROLE_FOLLOWER))
+            # Again under the new generation: a round of the old one may have published "up" meanwhile.
+            self.record_status(node_id, SYNCING, head=-1, leader_head=-1, counters=(0, 0, 0))
         self._start_sync(node_id)
         if wait:
             self.wait_caught_up(node_id, timeout=timeout)

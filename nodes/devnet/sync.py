@@ -41,12 +41,13 @@ class SyncRounds:
         self._stopping = stopping
         self._cond = threading.Condition()
         self._busy: dict[str, str] = {}  # node id -> the leader its round uses
+        self._held: set[str] = set()  # nodes whose loop may not start a round (being restarted)
         self._paused = 0
 
     def enter(self, node_id: str) -> str | None:
         """Wait out a pause, then mark ``node_id`` busy; returns the leader to sync from (None when stopping)."""
         with self._cond:
-            while self._paused and not self._stopping.is_set():
+            while (self._paused or node_id in self._held) and not self._stopping.is_set():
                 self._cond.wait(0.1)
             if self._stopping.is_set():
                 return None
@@ -63,6 +64,27 @@ class SyncRounds:
         """Wake every loop waiting out a pause (to see that the devnet is stopping)."""
         with self._cond:
             self._cond.notify_all()
+
+    @contextmanager
+    def held(self, node_id: str, timeout: float = QUIESCE_TIMEOUT) -> Iterator[None]:
+        """Keep ``node_id``'s loop out of rounds, after the one it is in (bounded wait), until the block ends.
+
+        A restart holds its node: a round begun on the old node must not import into the new one
+        under the old generation (its blocks would count for neither).
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._held.add(node_id)
+            while node_id in self._busy and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            if node_id in self._busy:
+                log.warning("%s: sync round still busy after %.0f s", node_id, timeout)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held.discard(node_id)
+                self._cond.notify_all()
 
     @contextmanager
     def paused(self, timeout: float = QUIESCE_TIMEOUT) -> Iterator[None]:
