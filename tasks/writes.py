@@ -7,19 +7,23 @@ a node and hands it to the Sender (``services.sending``). Task names are
 ``tasks.writes.<operation>``, declared here once (``TASK_NAMES``); the API
 enqueues through the task objects (``enqueue_on``).
 
-A batched operation (``Operation.batched``: one call) keeps its own message on
-the calls queue, routed and shown as any other, but its id is first pushed to
-its sender's outbox (``services.outbox``), and running the message drains that
-outbox (``services.batch``): the first of a sender's messages sends the writes of
-that sender queued so far in one batch, and the messages of writes already sent
-find nothing left to do. ``drain_sender`` (DRAIN_SENDER) is the same drain for a
-sender named outright: a drain that spent its time budget hands over with one, and
-the control worker's sweep sends one for an outbox no drain holds.
+A batched operation (``Operation.batched``: one call) has no message of its own:
+its id is pushed to its sender's outbox (``services.outbox``), and a drain of that
+sender (``drain_sender``, DRAIN_SENDER, on the calls queue, routed and shown as any
+call) sends the writes queued so far in one batch, and the next ones as they come,
+until the outbox is empty. The push itself says whether a drain must be asked
+for (none holds the sender, none is on its way); only then does the enqueue
+publish one. A drain that spent its time budget hands over with another, and the
+control worker's sweep sends one for an outbox no drain holds.
 
-Why a message per write rather than one per drain: the calls queue stays the
-picture of the backlog that Flower, the router's placement headers and the
-deploy-first priority rely on, and a message lost with its worker (redelivered
-late) or found busy costs nothing, since no write depends on its own message.
+Why a message per drain rather than per write: publishing a Celery message (and
+its task-sent event) was a third of the API's CPU per submit and running it a
+fifth of the write worker's, for messages that mostly found their sender busy.
+The deploy-first priority is unchanged (deploys and account tasks are never
+batched, and a drain hands over between batches), and no write depends on a message:
+its record and outbox entry are written before the answer.
+(The per-operation task of a batched operation still drains its sender, for a message
+published by an older API.)
 """
 
 from __future__ import annotations
@@ -189,14 +193,15 @@ def enqueue_on(app: Celery, client: redis.Redis | None = None) -> Enqueue:
             try:
                 sender = op.plan(Planning(treasury=_treasury(settings), redis=client), **params).sender
             except (TypeError, ValueError):
-                sender = None  # its message fails it as bad arguments, as any unreadable write
-            if sender is not None:
-                outbox.push(sender, task_id)
+                sender = None  # its own message fails it as bad arguments, as any unreadable write
         try:
-            app.tasks[TASK_NAMES[op.name]].apply_async(kwargs=params, task_id=task_id)
+            if sender is None:
+                app.tasks[TASK_NAMES[op.name]].apply_async(kwargs=params, task_id=task_id)
+            elif outbox.push(sender, task_id):
+                app.tasks[DRAIN_SENDER].apply_async(kwargs={"sender": sender})
         except OperationalError as exc:
             if sender is None or outbox.withdraw(sender, task_id):
                 raise NoHealthyNode(f"the task queue is unavailable: {exc}") from None
-            log.warning("task %s: its message was not published, but a drain has it already", task_id)
+            log.warning("task %s: the drain asked for was not published, but a drain has the task already", task_id)
 
     return enqueue

@@ -212,3 +212,22 @@ def test_a_sender_held_by_one_drain_is_left_to_it(bench: Bench) -> None:
     assert bench.drain(sender, holder="sweeper").state == "done"  # "b" has no task record: dropped
     assert outbox.waiting(sender) == (0, 0)
     assert outbox.idle_senders(age_ms=0) == []
+
+
+def test_a_push_asks_for_a_drain_only_when_none_holds_the_sender_or_is_on_its_way(bench: Bench) -> None:
+    outbox: Outbox = bench.batcher.outbox
+    sender = bench.treasury
+    assert outbox.push(sender, "a") is True, "nothing holds the sender: ask for a drain"
+    assert outbox.push(sender, "b") is False, "a drain is on its way: it takes this one too"
+    assert outbox.take(sender, "holder", 10) == ["a", "b"]
+    assert outbox.push(sender, "c") is False, "the holder takes it before it lets go"
+    assert outbox.settle(sender, "holder", []) is True
+    assert outbox.release(sender, "holder") is False
+    assert outbox.take(sender, "holder", 10) == ["c"]
+    assert outbox.settle(sender, "holder", []) is True
+    assert outbox.release(sender, "holder") is True
+    assert outbox.push(sender, "d") is True, "released: the next push asks again"
+    assert outbox.withdraw(sender, "d") is True  # its drain could not be published
+    assert outbox.push(sender, "e") is True, "a withdrawn push does not leave the sender waiting for a drain"
+    assert outbox.take(sender, "last", 10) == ["e"]
+    assert outbox.settle(sender, "last", []) is True and outbox.release(sender, "last") is True

@@ -19,6 +19,7 @@ import pytest
 
 from balancer import TaskKind
 from nodepool.rpc import RpcClient, to_int
+from services.outbox import Outbox
 from tasks.routing import QUEUE_OF_KIND, WRITE_QUEUES
 from tests.conftest import DB_WRITES
 from tests.stack import LocalStack, wait_task
@@ -141,7 +142,9 @@ def test_a_deploy_submitted_last_starts_before_a_backlog_of_calls(stack):
     deploy = admin.post("/api/v1/contracts", json={"name": "PlatformToken"})
     assert deploy.status_code == 202, deploy.get_json()
     deploy_task = deploy.get_json()["id"]
-    assert stack.redis.llen(CALLS) == 500
+    # The 500 calls wait in their sender's outbox, behind one drain message on the calls queue.
+    assert Outbox(stack.redis).waiting(sender) == (500, 0)
+    assert stack.redis.llen(CALLS) == 1
     # The node the routing hook chose travels with each task, in its headers and in what Flower shows.
     message = json.loads(stack.redis.lindex(CALLS, 0))
     node_ids = {spec.id for spec in stack.specs}
