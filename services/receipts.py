@@ -6,7 +6,9 @@ queue) reads the receipts of every block mined since its last pass, one
 ``eth_getBlockReceipts`` per block in one JSON-RPC batch (a few calls per second
 however many transactions are watched, where asking by hash cost one call per
 watched transaction per pass); a transaction the blocks did not show is asked for
-by hash every CHECK_BY_HASH_EVERY seconds. Then it:
+by hash every CHECK_BY_HASH_EVERY seconds, and at once when an earlier pass read
+blocks after it was broadcast (it may be in one of them: the write path watches a
+task after its broadcast, so a block can be mined and read in between). Then it:
 
 - confirms a task once every transaction of it has a receipt buried under
   ESP_CONFIRMATIONS blocks (``confirmed``, with the receipt fields), or fails it
@@ -47,6 +49,8 @@ MAX_SCAN_BLOCKS = 64
 #: A watched transaction the block scan has not found is also asked for by hash this often (it may have been
 #: mined before it was watched: the write path watches a task after its last broadcast).
 CHECK_BY_HASH_EVERY = 3.0
+#: How far apart the clocks of the process that broadcast and the tracker's may be (s), for that "at once".
+CLOCK_SKEW = 0.1
 REBROADCAST_EVERY = 5.0
 #: A replacement raises both fee caps by this much (geth and anvil need at least 10%).
 BUMP_PERCENT = 15
@@ -98,6 +102,7 @@ def track(
     loaded = load_prepared_many(watch.redis, [prepared_key(f"{task_id}:{step}") for task_id, step in keys])
     prepared = {key: p for key, p in zip(keys, loaded, strict=True) if p is not None}
     watched = {h.lower() for p in prepared.values() for h in p.hashes}
+    read_before = watch.cursor_read_at()  # the blocks up to the cursor were read then
     client, head, receipts, scanned = _scan_blocks(watch, clients, watched)
     counts["blocks"] = scanned.blocks
     for _, entry in entries:
@@ -107,7 +112,10 @@ def track(
     # A transaction mined before it was watched, or in a block the scan did not read, is asked for by hash.
     ask = []
     for task_id, entry in entries:
-        if scanned.complete and now - entry.get("checked_at", entry["broadcast_at"]) < CHECK_BY_HASH_EVERY:
+        checked_at = entry.get("checked_at", entry["broadcast_at"])
+        # Never asked, and an earlier pass read blocks after its broadcast: it may be in one of them.
+        missable = checked_at <= entry["broadcast_at"] and read_before is not None and entry["broadcast_at"] < read_before + CLOCK_SKEW
+        if scanned.complete and not missable and now - checked_at < CHECK_BY_HASH_EVERY:
             continue
         missing = [h for s in range(entry["steps"]) if (p := prepared.get((task_id, s))) is not None
                    for h in p.hashes if h.lower() not in receipts]

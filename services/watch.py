@@ -28,6 +28,8 @@ from nodepool.codec import as_text
 WATCH_SET = "esp:watch"
 WATCH_KEY = "esp:watch:{}"
 WATCH_CURSOR = WATCH_KEY.format("cursor")
+#: When (wall clock, s) the pass that moved the cursor read its blocks.
+WATCH_CURSOR_AT = WATCH_KEY.format("cursor-at")
 #: Watched tasks read per pass by default.
 MAX_BATCH = 2000
 
@@ -76,8 +78,14 @@ class ReceiptWatch:
         raw = self.redis.get(WATCH_CURSOR)
         return None if raw is None else int(raw)
 
-    def set_cursor(self, block: int) -> None:
-        self.redis.set(WATCH_CURSOR, block)
+    def cursor_read_at(self) -> float | None:
+        """When the blocks up to the cursor were read (None before the first pass): a transaction broadcast
+        after that cannot be in them."""
+        raw = self.redis.get(WATCH_CURSOR_AT)
+        return None if raw is None else float(raw)
+
+    def set_cursor(self, block: int, *, read_at: float | None = None) -> None:
+        self.redis.mset({WATCH_CURSOR: block, WATCH_CURSOR_AT: time.time() if read_at is None else read_at})
 
     def done(self, task_id: str) -> None:
         pipe = self.redis.pipeline()

@@ -24,7 +24,7 @@ from contracts import load_artifact
 from contracts.abi import encode_call, encode_deploy
 from nodepool.rpc import RpcClient, to_int
 from nodes.process import ProcessBackend
-from services.receipts import BUMP_PERCENT, CHECK_BY_HASH_EVERY, MAX_SCAN_BLOCKS, track
+from services.receipts import BUMP_PERCENT, CHECK_BY_HASH_EVERY, CLOCK_SKEW, MAX_SCAN_BLOCKS, track
 from services.records import BROADCAST, CONFIRMED, FAILED, TaskRecord, TaskStore
 from services.watch import WATCH_KEY, ReceiptWatch
 from settings import DEV_TREASURY_KEY, Settings
@@ -130,11 +130,30 @@ def test_a_transaction_mined_before_it_was_watched_is_found_by_hash(tracked: Tra
     tracked.receipt(early.tx_hash)
     tracked.watch.set_cursor(to_int(tracked.node.call("eth_blockNumber")))  # as if its block was read before it was watched
 
+    # Its block was read after its broadcast: the first pass asks for it by hash, not CHECK_BY_HASH_EVERY later.
     counts = tracked.track()
-    assert counts["confirmed"] == 0 and counts["blocks"] == 0 and counts["by_hash"] == 0  # not yet: asked for a moment ago
-    counts = tracked.track(now=time.time() + CHECK_BY_HASH_EVERY + 0.1)
-    assert counts["by_hash"] == 1 and counts["confirmed"] == 1
+    assert counts["blocks"] == 0 and counts["by_hash"] == 1 and counts["confirmed"] == 1
     assert tracked.record("early").state == CONFIRMED
+
+
+def test_a_transaction_broadcast_after_the_last_read_waits_for_the_scan(tracked: Tracked) -> None:
+    tracked.track()
+    tracked.receipt(tracked.send("warm", "send_eth", to=DEAD, value=1).tx_hash)
+    tracked.track()  # the cursor is at the head, read before what follows was broadcast
+    tracked.node.call("evm_setAutomine", [False])
+    try:
+        time.sleep(CLOCK_SKEW + 0.05)  # broadcast after that read, beyond the clock margin
+        later = tracked.send("later", "send_eth", to=DEAD, value=5)  # pending: no block holds it
+        counts = tracked.track()
+        assert counts["by_hash"] == 0 and counts["confirmed"] == 0  # no block read since could hold it: not asked
+        counts = tracked.track(now=time.time() + CHECK_BY_HASH_EVERY + 0.1)
+        assert counts["by_hash"] == 1 and counts["confirmed"] == 0  # the slow check still runs, and finds nothing yet
+    finally:
+        tracked.node.call("evm_setAutomine", [True])
+    tracked.node.call("evm_mine")
+    tracked.receipt(later.tx_hash)
+    counts = tracked.track()  # the block that holds it is read by the scan
+    assert counts["blocks"] >= 1 and counts["by_hash"] == 0 and counts["confirmed"] == 1
 
 
 def test_a_mined_transfer_is_confirmed_with_its_receipt_fields_once_buried(tracked: Tracked) -> None:
