@@ -156,5 +156,5 @@ class Profile:
             _, err = self._proc.communicate()
         if not self.out.exists():
             raise RuntimeError(f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}")
-        self.summary = summarize(self.out.read_text(), seconds)
+        self.summary = summarize(self.out.read_text(errors="replace"), seconds)
         self.out.with_suffix(".json").write_text(json.dumps(self.summary.as_dict(), indent=1) + "\n")

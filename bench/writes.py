@@ -91,6 +91,22 @@ async def _settle(stack: RunningStack, ids: list[str], deadline: float) -> list[
         return list(await asyncio.gather(*(final(i) for i in ids)))
 
 
+def phases(confirmed: list[dict[str, Any]]) -> dict[str, float]:
+    """Where submit-to-confirmed went (medians): waiting for a drain to take the write, then from there to the
+    confirmed record; and how many blocks held the run (the most in one block beside it)."""
+    timed = [r for r in confirmed if r["started_at"] is not None]
+    if not timed:
+        return {}
+    per_block: dict[int, int] = {}
+    for r in confirmed:
+        per_block[r["result"]["block_number"]] = per_block.get(r["result"]["block_number"], 0) + 1
+    return {
+        "queued": round(percentile([r["started_at"] - r["created_at"] for r in timed], 50), 3),
+        "taken_to_confirmed": round(percentile([r["updated_at"] - r["started_at"] for r in timed], 50), 3),
+        "blocks": len(per_block), "most_in_a_block": max(per_block.values()),
+    }
+
+
 def run(stack: RunningStack, senders: list[str], count: int, *, rate: float | None = None) -> dict[str, Any]:
     ids, started = asyncio.run(_submit_all(stack, senders, count, rate))
     submit_s = time.time() - started
@@ -105,6 +121,7 @@ def run(stack: RunningStack, senders: list[str], count: int, *, rate: float | No
             errors[kind] = errors.get(kind, 0) + 1
     return {
         "senders": len(senders), "transactions": count, "confirmed": len(confirmed), "errors": errors,
+        "phases_p50_s": phases(confirmed),
         "paced_rate_per_s": rate, "submit_rate_per_s": round(count / submit_s, 1),
         "confirmed_per_s": round(len(confirmed) / (last - started), 1) if confirmed else 0.0,
         "latency_p50_s": round(percentile(latencies, 50), 3), "latency_p99_s": round(percentile(latencies, 99), 3),
@@ -142,10 +159,11 @@ def main() -> None:
                f"{CLIENTS} connections, loopback", "esp_env": dict(args.esp_env), "one_sender": one, "many_senders": many, "paced": paced}
     rows = (("one sender, max", one), ("ten senders, max", many), (f"ten senders, paced {paced['paced_rate_per_s']:.0f}/s", paced))
     table = "\n".join([
-        "| run | senders | tx | confirmed | errors | submit/s | confirmed/s | p50 s | p99 s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | senders | tx | confirmed | errors | submit/s | confirmed/s | p50 s | p99 s | p50 queued / taken to confirmed s, blocks, most in one |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {name} | {r['senders']} | {r['transactions']} | {r['confirmed']} | {sum(r['errors'].values())} | "
-          f"{r['submit_rate_per_s']} | {r['confirmed_per_s']} | {r['latency_p50_s']} | {r['latency_p99_s']} |" for name, r in rows),
+          f"{r['submit_rate_per_s']} | {r['confirmed_per_s']} | {r['latency_p50_s']} | {r['latency_p99_s']} | "
+          f"{' / '.join(str(v) for v in r['phases_p50_s'].values())} |" for name, r in rows),
     ])
     if args.profile and profile.summary is not None:
         (RESULTS / "profiles" / f"{args.name}-one-sender.md").write_text(
