@@ -5,6 +5,13 @@ dropped from the follower's. anvil cannot drop a *queued* transaction (one
 behind a nonce gap) by hash; it stays in the follower's pool until an import
 makes it executable, and the importer drops it then, before the block is mined
 (or rolls it back out of the block: see :mod:`nodes.devnet.importer`).
+
+anvil's drop removes a transaction *and every later one of its sender* (measured:
+dropping nonce 5 of ten pending left nonces 0-4). A transaction that reaches the
+follower between the pool snapshot a relay forwards and the drop that follows is
+therefore lost to this relay: the devnet's gossip is not lossless under bursts.
+ESP's write path sends what a follower took to the leader too, and re-broadcasts
+any transaction not mined (services.batch, services.receipts).
 """
 
 from __future__ import annotations
