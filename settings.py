@@ -68,6 +68,7 @@ class Settings:
     api_port: int = _setting("ESP_API_PORT", 8000, "port the API listens on")
     api_workers: int = _setting("ESP_API_WORKERS", 8, "gunicorn threads per API process (2 processes); password KDFs may hold ESP_KDF_CONCURRENCY + ESP_KDF_QUEUE of them")
     max_body_kb: int = _setting("ESP_MAX_BODY_KB", 1024, "largest request body accepted, in KiB (project uploads have ESP_MAX_FILE_MB); larger is a 413")
+    max_submit_batch: int = _setting("ESP_MAX_SUBMIT_BATCH", 1000, "most transfers one POST /api/v1/transactions/batch may carry (each counts against ESP_RATE_LIMIT)")
     rate_limit: str = _setting("ESP_RATE_LIMIT", "6000 per minute", "requests per API key on every route but health and metrics (limits notation, e.g. 100/second;5000/hour); 429 beyond")
     rate_limit_anonymous: str = _setting("ESP_RATE_LIMIT_ANONYMOUS", "1200 per minute", "requests per client address without an API key, on every route but health and metrics")
     unlock_rate_limit: str = _setting("ESP_UNLOCK_RATE_LIMIT", "10 per minute", "password checks per account by unlock (REST and thesis routes together, whoever asks); 429 beyond")
@@ -178,6 +179,8 @@ class Settings:
                 parse_many(limit)
             except ValueError:
                 raise ConfigError(f"{name}={limit!r} is not a rate limit: write e.g. '10 per minute' or '100/second; 5000/hour'") from None
+        if self.max_submit_batch < 1:
+            raise ConfigError(f"ESP_MAX_SUBMIT_BATCH must be at least 1, not {self.max_submit_batch}")
         if self.max_body_kb < 1:
             raise ConfigError(f"ESP_MAX_BODY_KB must be at least 1, not {self.max_body_kb}")
         if self.api_workers < 1:

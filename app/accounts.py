@@ -2,7 +2,8 @@
 
 ``POST /api/v1/accounts`` creates a keystore owned by the caller's key (the password
 never leaves this process) and enqueues the treasury's funding transfer;
-``.../unlock`` lets the account sign for a while; ``POST /api/v1/transactions`` sends ETH.
+``.../unlock`` lets the account sign for a while; ``POST /api/v1/transactions`` sends ETH,
+``POST /api/v1/transactions/batch`` many transfers at once (one task each, all accepted or none).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import key_required
-from app.context import accounts, reader, views
-from app.submit import accepted
+from app.context import accounts, reader, settings, views
+from app.submit import accepted, accepted_many
 from app.validation import json_body
+from errors import ValidationError
 from services.fields import address, amount, integer, required
 from wallet.keystore import check_password
 
@@ -71,3 +73,40 @@ def send_transaction() -> tuple[Response, int]:
     to = address(required(data, "to"), "to")
     value = amount(required(data, "value_wei"), "value_wei")
     return accepted(accounts().send_eth(sender, to, value))
+
+
+@bp.post("/transactions/batch")
+@key_required
+def send_transactions() -> tuple[Response, int]:
+    """Send many ETH transfers at once: ``{"transactions": [{"from", "to", "value_wei"}, ...]}``; 202 with one task each.
+
+    Every transfer is checked before any is accepted (a problem names ``transactions[i].<field>``),
+    then all are accepted together or none is. Each counts as one request against the rate limit.
+    """
+    items = transfer_list(json_body(request), settings().max_submit_batch)
+    transfers = [transfer(item, f"transactions[{i}]") for i, item in enumerate(items)]
+    return accepted_many(accounts().send_eth_many(transfers))
+
+
+def transfer(item: dict[str, Any], where: str) -> tuple[str, str, int]:
+    """One transfer of a batch, each problem naming ``<where>.<field>``."""
+    def given(name: str) -> Any:
+        if item.get(name) is None:
+            raise ValidationError(f"{where}.{name}", "is required")
+        return item[name]
+
+    return (address(given("from"), f"{where}.from"), address(given("to"), f"{where}.to"),
+            amount(given("value_wei"), f"{where}.value_wei"))
+
+
+def transfer_list(data: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The body's ``transactions``: a list of 1 to ``limit`` JSON objects."""
+    items = required(data, "transactions")
+    if not isinstance(items, list) or not items:
+        raise ValidationError("transactions", "must be a non-empty list of transfers")
+    if len(items) > limit:
+        raise ValidationError("transactions", f"holds {len(items)} transfers; at most {limit} (ESP_MAX_SUBMIT_BATCH)", status=413)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationError(f"transactions[{i}]", "must be an object with from, to and value_wei")
+    return items

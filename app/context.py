@@ -25,7 +25,7 @@ from services.records import TaskStore
 from services.submit import Submitter
 from services.views import PlatformViews
 from settings import Settings
-from tasks.writes import enqueue_on
+from tasks.writes import enqueue_many_on, enqueue_on
 from wallet.kdf import KdfGate
 from wallet.keystore import Keystore
 from wallet.unlock import UnlockStore
@@ -108,7 +108,7 @@ def caller() -> Caller:
 def submitter() -> Submitter:
     """Writes of this request's caller, with its Idempotency-Key, enqueued through the app's Celery tasks."""
     return Submitter(task_store(), pool().redis, enqueue_on(celery(), pool().redis), settings().secret_key, caller(),
-                     request.headers.get("Idempotency-Key"))
+                     request.headers.get("Idempotency-Key"), enqueue_many_on(celery(), pool().redis))
 
 
 def accounts() -> Accounts:

@@ -58,6 +58,8 @@ KEY_PREFIX = "esp:limits"
 STRATEGY = "sliding-window-counter"
 #: Liveness, readiness and metrics answer whatever the callers do, and without touching Redis.
 EXEMPT_ENDPOINTS = ("health.healthz", "health.readyz", "metrics.metrics")
+#: Views that accept many writes in one request: each counts against the rate limit.
+BATCH_ENDPOINTS = ("accounts.send_transactions",)
 #: The views that check an account's password; the thesis's route calls the same service.
 UNLOCK_ENDPOINTS = ("accounts.unlock_account", "thesis.admin_unlock")
 #: The views that run a password KDF (scrypt): unlocking, and creating an account's keystore.
@@ -143,7 +145,8 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
     storage: dict[str, Any] = {"connection_pool": client.connection_pool, "key_prefix": KEY_PREFIX}
     limiter = Limiter(
         key_func=caller_key,
-        application_limits=[ApplicationLimit(limit_provider=lambda: settings.rate_limit if _caller() else settings.rate_limit_anonymous)],
+        application_limits=[ApplicationLimit(limit_provider=lambda: settings.rate_limit if _caller() else settings.rate_limit_anonymous,
+                                             cost=lambda: request_cost(settings.max_submit_batch))],
         strategy=STRATEGY,
         storage_uri=settings.redis_url,
         storage_options=storage,
@@ -153,7 +156,7 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
         # switch to per-process counters; without Redis the API cannot authenticate or enqueue anyway.
         in_memory_fallback_enabled=False,
     )
-    missing = [endpoint for endpoint in (*EXEMPT_ENDPOINTS, *KDF_ENDPOINTS) if endpoint not in app.view_functions]
+    missing = [endpoint for endpoint in (*EXEMPT_ENDPOINTS, *KDF_ENDPOINTS, *BATCH_ENDPOINTS) if endpoint not in app.view_functions]
     if missing:
         raise LookupError(f"guards name views the app does not have: {', '.join(missing)}")
     limiter.init_app(app)
@@ -172,6 +175,16 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
     for endpoint in UNLOCK_ENDPOINTS:
         app.view_functions[endpoint] = attempts(failures(_noting_password_checks(app.view_functions[endpoint])))
     return limiter
+
+
+def request_cost(limit: int) -> int:
+    """What a request costs against the rate limit: a batch of transfers one per transfer (at most ``limit``), any
+    other request 1. A malformed batch costs 1: its view refuses it before anything is enqueued."""
+    if request.endpoint not in BATCH_ENDPOINTS or not request.is_json:
+        return 1
+    body = request.get_json(silent=True)
+    items = body.get("transactions") if isinstance(body, dict) else None
+    return min(len(items), limit) if isinstance(items, list) and items else 1
 
 
 def caller_key() -> str:

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, jsonify
 from app.context import settings
 from app.nodes import MAX_EVENTS, MAX_HISTORY
 from app.projects import MAX_ID, MAX_PAGE
-from app.tasks_api import MAX_WAIT
+from app.tasks_api import MAX_LOOKUP, MAX_WAIT
 from contracts import artifact_names
 from services.chain import BLOCK_PATTERN
 from services.events import MAX_CURSOR_CHARS, MAX_LIMIT, MAX_PROJECT_ID, TYPES
@@ -163,6 +163,12 @@ def paths() -> dict[str, Any]:
             {"200": ok("the task", ref("Task"))}, tags=["tasks"], secured=True, not_found=True,
             params=[path_param("task_id", UUID),
                     query("wait", {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}, "block up to this many seconds until the task is final")])},
+        "/api/v1/tasks/lookup": {"post": op(
+            "Many tasks' states at once (those of the caller's key, or any for an admin); the others listed as missing",
+            {"200": ok("the tasks", obj({"tasks": {"type": "array", "items": ref("Task")},
+                                         "missing": {"type": "array", "items": {"type": "string"}}}))},
+            tags=["tasks"], secured=True,
+            request=body({"ids": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_LOOKUP}}, ["ids"]))},
         "/api/v1/accounts": {
             "post": op("Create an account (encrypted keystore) owned by the caller's key, and fund it with gas money; result.address",
                        {"202": TASK_ACCEPTED}, tags=["accounts"], write=True,
@@ -183,6 +189,12 @@ def paths() -> dict[str, Any]:
         "/api/v1/transactions": {"post": op(
             "Send ETH from one of the caller's unlocked accounts (the treasury: admin)", {"202": TASK_ACCEPTED}, tags=["accounts"],
             write=True, request=body({"from": ADDRESS, "to": ADDRESS, "value_wei": AMOUNT}, ["from", "to", "value_wei"]))},
+        "/api/v1/transactions/batch": {"post": op(
+            "Send many ETH transfers at once (one task each; all accepted or none; each counts against the rate limit)",
+            {"202": ok("tasks accepted", obj({"tasks": {"type": "array", "items": OBJECT}, "count": {"type": "integer"}}))},
+            tags=["accounts"], write=True,
+            request=body({"transactions": {"type": "array", "minItems": 1, "items": obj(
+                {"from": ADDRESS, "to": ADDRESS, "value_wei": AMOUNT}, ["from", "to", "value_wei"])}}, ["transactions"]))},
         "/api/v1/token/add": {"post": op("Mint `value` tokens to `address`", {"202": TASK_ACCEPTED}, tags=["token"],
                                          request=value_body, admin=True, write=True)},
         "/api/v1/token/delete": {"post": op("Burn `value` tokens from `address`", {"202": TASK_ACCEPTED}, tags=["token"],

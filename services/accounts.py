@@ -15,7 +15,7 @@ from access import policy
 from access.keys import Caller
 from access.owners import Owners
 from errors import ValidationError
-from services.submit import Submitted, Submitter
+from services.submit import Submitted, SubmittedMany, Submitter
 from wallet.errors import AccountLocked
 from wallet.keystore import Keystore
 from wallet.unlock import UnlockStore
@@ -75,6 +75,16 @@ class Accounts:
         self.check_acts_as(account, field)
         if account != self.treasury and not self.keystore.has(account):
             raise ValidationError(field, f"{account} is not an account of ESP's keystore", status=422)
+
+    def send_eth_many(self, transfers: list[tuple[str, str, int]], *, field: str = "transactions") -> SubmittedMany:
+        """Send many ETH transfers (from, to, value) at once: every sender is checked before any is accepted,
+        then all are accepted together (one task each) or none is."""
+        checked: set[str] = set()
+        for i, (sender, _, _) in enumerate(transfers):
+            if sender not in checked:
+                self.check_signer(sender, f"{field}[{i}].from")
+                checked.add(sender)
+        return self.submitter.submit_many("send_eth", [{"sender": s, "to": t, "value_wei": v} for s, t, v in transfers])
 
     def check_signer(self, account: str, field: str) -> None:
         """Refuse, before anything is enqueued, a sender the caller may not sign as, or one that is locked."""

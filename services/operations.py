@@ -15,7 +15,7 @@ queued by then (``services.batch``); the others are sent one task at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,3 +60,7 @@ class Operation:
 
 #: How a service hands an operation to the queue: (operation, parameters, task id). The Celery edge provides it.
 Enqueue = Callable[[Operation, dict[str, Any], str], None]
+#: Many writes of one operation in the caller's Redis transaction: (operation, [(parameters, task id)], pipeline)
+#: queues their hand-over on the pipeline and returns how many replies those commands add at its end, and what
+#: to call with those replies once the pipeline ran (it publishes what must be published).
+EnqueueMany = Callable[[Operation, Sequence[tuple[dict[str, Any], str]], Any], tuple[int, Callable[[list[Any]], None]]]

@@ -9,6 +9,11 @@ With an Idempotency-Key, every request with that key (from the same API key) get
 the task the first one created, even while it is still being created, and
 ``prepare`` runs once; the same key with a different request (a different
 ``secret`` included) is a Conflict.
+
+``submit_many`` accepts many writes of one operation in one Redis transaction: every
+record and every hand-over to the queue (``EnqueueMany``) is written, or none is. Its
+task ids under an Idempotency-Key derive from the first one, which the key binds,
+so a replay finds them all.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import redis
 from access.keys import Caller
 from errors import Conflict, NoHealthyNode
 from services import idempotency
-from services.operations import Enqueue
+from services.operations import Enqueue, EnqueueMany
 from services.plans import OPERATIONS
 from services.records import FAILED, TaskRecord, TaskStore
 
@@ -41,6 +46,19 @@ class Submitted:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class SubmittedMany:
+    """Many writes accepted together: their task records in request order, and whether a replay returned them."""
+
+    records: list[TaskRecord]
+    replayed: bool = False
+
+
+def batch_ids(first: str, count: int) -> list[str]:
+    """The task ids of a batch whose first task is ``first``: UUIDs as every task's, the same on every replay."""
+    return [first, *(str(uuid.uuid5(uuid.NAMESPACE_URL, f"esp:batch:{first}:{i}")) for i in range(1, count))]
+
+
 @dataclass
 class Submitter:
     """Submits writes for one caller (and one request's Idempotency-Key)."""
@@ -51,6 +69,7 @@ class Submitter:
     server_secret: str
     caller: Caller
     idempotency_key: str | None = None
+    enqueue_many: EnqueueMany | None = None
 
     def submit(self, operation: str, params: dict[str, Any], *, prepare: Callable[[], dict[str, Any]] | None = None,
                secret: str | None = None) -> Submitted:
@@ -78,6 +97,34 @@ class Submitter:
             self._release(key)
             raise
         return Submitted(record)
+
+    def submit_many(self, operation: str, many: list[dict[str, Any]]) -> SubmittedMany:
+        """Create one task per parameter set of ``operation`` and enqueue them all in one Redis transaction."""
+        if self.enqueue_many is None:
+            raise TypeError("this Submitter was made without enqueue_many")
+        op = OPERATIONS[operation]
+        ids = batch_ids(str(uuid.uuid4()), len(many))
+        key = self.idempotency_key
+        if key is not None:
+            idempotency.check_key(key)
+            digest = idempotency.fingerprint(f"{operation}[]", {"many": many}, server_secret=self.server_secret)
+            existing = self._claim_or_wait(key, digest, ids[0])
+            if existing is not None:
+                found = self.store.find_many(batch_ids(existing.id, len(many)))
+                return SubmittedMany([r for r in found if r is not None], replayed=True)
+        now = time.time()
+        records = [TaskRecord(id=task_id, operation=operation, kind=op.kind.value, params=params, created_at=now,
+                              updated_at=now, owner=self.caller.key_id) for task_id, params in zip(ids, many, strict=True)]
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            self.store.write_many(records, pipe)
+            staged, publish = self.enqueue_many(op, list(zip(many, ids, strict=True)), pipe)
+            replies = pipe.execute()
+        except Exception:
+            self._release(key)
+            raise
+        publish(replies[len(replies) - staged:] if staged else [])
+        return SubmittedMany(records)
 
     def _release(self, key: str | None) -> None:
         if key is not None:

@@ -29,6 +29,7 @@ published by an older API.)
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -41,7 +42,7 @@ from kombu.exceptions import OperationalError
 from balancer import TaskKind
 from errors import NoHealthyNode
 from services.batch import Drained
-from services.operations import Enqueue, Operation, Plan, Planning
+from services.operations import Enqueue, EnqueueMany, Operation, Plan, Planning
 from services.outbox import Outbox
 from services.plans import OPERATIONS
 from services.records import FAILED, WAITING
@@ -205,3 +206,51 @@ def enqueue_on(app: Celery, client: redis.Redis | None = None) -> Enqueue:
             log.warning("task %s: the drain asked for was not published, but a drain has the task already", task_id)
 
     return enqueue
+
+
+def enqueue_many_on(app: Celery, client: redis.Redis | None = None) -> EnqueueMany:
+    """How services hand many writes of one operation to ``app``'s queues inside their own Redis transaction.
+
+    A batched operation's ids are pushed to their senders' outboxes on the caller's pipeline
+    (so they are accepted exactly when their records are written); once it ran, one drain is
+    published per sender whose push asked for one. Were that publish to fail, the writes are
+    accepted all the same: the sweep drains an outbox no drain holds. Another operation's
+    writes each get their message after the pipeline ran, as ``enqueue_on`` sends them.
+    """
+    settings: Settings = app.settings
+    client = client if client is not None else _redis(settings.redis_url)
+    outbox = Outbox(client)
+    one = enqueue_on(app, client)
+
+    def enqueue_many(op: Operation, items: Sequence[tuple[dict[str, Any], str]], pipe: Any) -> tuple[int, Callable[[list[Any]], None]]:
+        if not op.batched:
+            def each(_: list[Any]) -> None:
+                for params, task_id in items:
+                    one(op, params, task_id)
+
+            return 0, each
+        planning = Planning(treasury=_treasury(settings), redis=client)
+        senders: list[str | None] = []
+        for params, task_id in items:
+            try:
+                sender: str | None = op.plan(planning, **params).sender
+            except (TypeError, ValueError):
+                sender = None  # its own message fails it as bad arguments, as any unreadable write
+            if sender is not None:
+                outbox.push(sender, task_id, pipe=pipe)
+            senders.append(sender)
+        pushed = [s for s in senders if s is not None]
+
+        def publish(replies: list[Any]) -> None:
+            for (params, task_id), sender in zip(items, senders, strict=True):
+                if sender is None:
+                    one(op, params, task_id)
+            for sender in dict.fromkeys(s for s, asked in zip(pushed, replies, strict=True) if asked):
+                try:
+                    app.tasks[DRAIN_SENDER].apply_async(kwargs={"sender": sender})
+                except OperationalError as exc:
+                    log.warning("the drain of %s was not published (%s): the sweep will drain it", sender, exc)
+
+        return len(pushed), publish
+
+    return enqueue_many

@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from eth_account import Account
 
 from nodepool.rpc import to_int
 from services.outbox import Outbox
@@ -102,3 +103,59 @@ def test_a_write_whose_message_was_lost_is_drained_by_the_sweep(stack: LocalStac
     Outbox(stack.redis).push(sender, task_id)
     record = wait_for(lambda: (r := store.get(task_id)).is_final and r, 30, "the sweep to have the write sent")
     assert record.state == "confirmed" and record.result and record.result["nonce"] == 0, record
+
+
+def test_a_batch_request_is_accepted_together_and_sent_in_its_order(stack: LocalStack) -> None:
+    sender = new_account(stack)
+    client = stack.client()
+    body = {"transactions": [{"from": sender, "to": DEAD, "value_wei": i + 1} for i in range(300)]}
+    response = client.post("/api/v1/transactions/batch", json=body, headers={"Idempotency-Key": f"payout-{sender}"})
+    assert response.status_code == 202, response.get_json()
+    tasks = response.get_json()["tasks"]
+    assert response.get_json()["count"] == 300 and len({t["id"] for t in tasks}) == 300
+    assert [t["params"]["value_wei"] for t in tasks] == [i + 1 for i in range(300)]
+    # The same request again (a client retrying after a timeout): the same tasks, nothing sent twice.
+    again = client.post("/api/v1/transactions/batch", json=body, headers={"Idempotency-Key": f"payout-{sender}"})
+    assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true"
+    assert [t["id"] for t in again.get_json()["tasks"]] == [t["id"] for t in tasks]
+    records = [wait_task(client, t["id"], timeout=120) for t in tasks]
+    assert Counter(r["state"] for r in records) == {"confirmed": 300}
+    assert [r["result"]["nonce"] for r in records] == list(range(300)), "nonces follow the request's order, no gap"
+    # Read back all at once, in the order asked; another user's key sees none of them.
+    ids = [t["id"] for t in tasks]
+    looked = client.post("/api/v1/tasks/lookup", json={"ids": [*ids, "no-such-task"]}).get_json()
+    assert [t["id"] for t in looked["tasks"]] == ids and looked["missing"] == ["no-such-task"]
+    assert [t["state"] for t in looked["tasks"]] == ["confirmed"] * 300
+    other = stack.client(stack.new_key("other user", "user"))
+    assert other.post("/api/v1/tasks/lookup", json={"ids": ids[:5]}).get_json() == {"tasks": [], "missing": ids[:5]}
+    refused = client.post("/api/v1/tasks/lookup", json={"ids": "not a list"})
+    assert refused.status_code == 422 and refused.get_json()["field"] == "ids"
+    assert chain_count(stack, sender, 300) == 300
+    assert outbox_is_empty(stack, sender)
+
+
+def test_a_batch_with_one_bad_transfer_is_refused_whole_before_anything_is_queued(stack: LocalStack) -> None:
+    sender = new_account(stack)
+    client = stack.client()
+    good = {"from": sender, "to": DEAD, "value_wei": 1}
+    calls_before = stack.redis.llen("esp.calls")
+    cases = [
+        ([good, good, {**good, "to": "0x1234"}], 422, "transactions[2].to"),
+        ([good, {"from": sender, "value_wei": 1}], 422, "transactions[1].to"),
+        ([good, {**good, "value_wei": -1}], 422, "transactions[1].value_wei"),
+        ([good, "not an object"], 422, "transactions[1]"),
+        ([], 422, "transactions"),
+        ([good] * (stack.settings.max_submit_batch + 1), 413, "transactions"),
+        # A sender the caller's key did not create (the treasury: an admin's) is refused with its index.
+        ([good, {**good, "from": Account.from_key(stack.settings.treasury_key).address}], 403, "transactions[1].from"),
+    ]
+    for items, status, field in cases:
+        response = client.post("/api/v1/transactions/batch", json={"transactions": items})
+        problem = response.get_json()
+        assert response.status_code == status and problem["field"] == field, (field, problem)
+        assert response.mimetype == "application/problem+json"
+    assert outbox_is_empty(stack, sender) and stack.redis.llen("esp.calls") == calls_before
+
+
+def outbox_is_empty(stack: LocalStack, sender: str) -> bool:
+    return Outbox(stack.redis).waiting(sender) == (0, 0)
