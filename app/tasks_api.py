@@ -1,18 +1,22 @@
-"""Task status: ``GET /api/v1/tasks/<id>`` (``?wait=<seconds>`` blocks until it is final)."""
+"""Task status: ``GET /api/v1/tasks/<id>`` (``?wait=<seconds>`` blocks until it is final), and many at once:
+``POST /api/v1/tasks/lookup`` with ``{"ids": [...]}`` (one Redis read for all of them)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
 from app.context import caller, task_store
-from errors import Forbidden
-from services.fields import integer
+from app.validation import json_body
+from errors import Forbidden, ValidationError
+from services.fields import integer, required
 from services.records import TaskRecord
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1/tasks")
 
 #: The longest ?wait= a client may ask for; beyond it, poll.
 MAX_WAIT = 60
+#: The most task ids one lookup may name.
+MAX_LOOKUP = 1000
 
 
 @bp.get("/<task_id>")
@@ -32,3 +36,25 @@ def readable_task(task_id: str) -> TaskRecord:
     if not reader.is_admin and record.owner != reader.key_id:
         raise Forbidden(f"task {task_id} was submitted with another API key", field="task_id")
     return record
+
+
+@bp.post("/lookup")
+def lookup_tasks() -> Response:
+    """Many tasks' states at once: those the caller may read, in the order asked; the rest listed as ``missing``.
+
+    An id that is unknown and one submitted with another key are alike ``missing`` here (a
+    lookup does not tell another key's tasks apart from none).
+    """
+    ids = required(json_body(request), "ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and 0 < len(i) <= 64 for i in ids):
+        raise ValidationError("ids", "must be a list of task ids")
+    if len(ids) > MAX_LOOKUP:
+        raise ValidationError("ids", f"names {len(ids)} tasks; at most {MAX_LOOKUP}", status=413)
+    reader = caller()
+    found, missing = [], []
+    for task_id, record in zip(ids, task_store().find_many(ids), strict=True):
+        if record is None or (not reader.is_admin and record.owner != reader.key_id):
+            missing.append(task_id)
+        else:
+            found.append(record.public())
+    return jsonify({"tasks": found, "missing": missing})
