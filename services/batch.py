@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from errors import NodeError, NoHealthyNode
+from errors import NoHealthyNode
 from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.rpc import RpcClient
 from nodepool.spec import ROLE_LEADER
@@ -283,11 +283,11 @@ class BatchSender:
         calls = [("eth_sendRawTransaction", [i.prepared.raw]) for i in ready if i.prepared is not None]
         timeout = self.settings.rpc_timeout
         try:
-            answered, replies = first_answer(clients, lambda c: c.batch_raw(calls, timeout=timeout), what="the batch's broadcast")
+            _, replies = first_answer(self._producer_first(clients), lambda c: c.batch_raw(calls, timeout=timeout),
+                                      what="the batch's broadcast")
         except NoNodeAnswered as exc:  # the same bytes go again later; a node that timed out may hold them
             log.info("batch of %s: %s", address, exc)
             return sent, list(ready), again, refused
-        self._also_to_producer(answered, calls)
         for item, reply in zip(ready, replies, strict=True):
             p = item.prepared
             assert p is not None
@@ -313,23 +313,18 @@ class BatchSender:
                 refused.append(item)
         return sent, pending, again, refused
 
-    def _also_to_producer(self, answered: RpcClient, calls: list[tuple[str, list[Any]]]) -> None:
-        """Send a batch a devnet follower took to the leader too (the same bytes; "already known" is fine).
+    def _producer_first(self, clients: Sequence[RpcClient]) -> list[RpcClient]:
+        """The nodes to broadcast to, the pool's block producer first when it has one (a devnet's leader).
 
-        A follower relays its pool to the leader on its next sync round and then drops what it
-        relayed, and anvil's drop takes every later transaction of the same sender along, relayed
-        or not (nodes.devnet.forwarding). Measured: of a 2,000-transfer burst from one sender, the
-        nonces that reached a follower in the middle of a relay sat out of every pool until the
-        receipt tracker re-broadcast them, 5-10 s later. A pool without a leader (real nodes) is
-        left as it is: their own gossip carries a transaction.
+        A devnet follower only relays what it takes to the leader, on its next sync round, then
+        drops it, and anvil's drop takes along every later transaction of the sender that
+        arrived meanwhile (nodes.devnet.forwarding): measured, a burst sent to followers sat
+        behind a nonce gap for 5-20 s, until the receipt tracker re-broadcast the lost ones. The
+        balancer's choice still serves the drain's reads (nonces, fees, balance); pools of real
+        nodes (no leader) keep its order.
         """
-        leader = next((spec for spec in self.sender.pool.nodes() if spec.role == ROLE_LEADER), None)
-        if leader is None or leader.id == answered.node_id:
-            return
-        try:
-            self.sender.pool.rpc(leader).batch_raw(calls, timeout=self.settings.rpc_timeout)
-        except NodeError as exc:  # the follower has the batch: its relay, or the re-broadcast, carries it
-            log.info("batch also sent to the leader %s: %s", leader.id, exc)
+        leader = next((spec.id for spec in self.sender.pool.nodes() if spec.role == ROLE_LEADER), None)
+        return sorted(clients, key=lambda c: c.node_id != leader) if leader else list(clients)
 
     def _sign_again(self, item: Item, run: Drained, again: list[Item], why: str) -> None:
         delete_prepared(self.redis, prepared_key(item.owner))
