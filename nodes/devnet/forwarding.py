@@ -9,7 +9,9 @@ makes it executable, and the importer drops it then, before the block is mined
 anvil's drop removes a transaction *and every later one of its sender* (measured:
 dropping nonce 5 of ten pending left nonces 0-4). A transaction that reaches the
 follower between the pool snapshot a relay forwards and the drop that follows is
-therefore lost to this relay: the devnet's gossip is not lossless under bursts.
+therefore lost to this relay; the sync loop's relay drops right after reading the
+bytes (two calls to the follower) and sends the leader what it holds afterwards,
+but the devnet's gossip is still not lossless under bursts.
 ESP's write path sends what a follower took to the leader too, and re-broadcasts
 any transaction not mined (services.batch, services.receipts).
 """
@@ -64,24 +66,43 @@ def forward_pending(
 
 
 def forward_pool(
-    follower: RpcClient, leader: RpcClient, *, forwarded: set[str] | None, keep: set[str] | None
+    follower: RpcClient, leader: RpcClient, *, forwarded: set[str] | None, keep: set[str] | None,
+    undelivered: list[str] | None = None,
 ) -> tuple[int, int]:
-    """forward_pending; returns (forwarded, queued transactions left in the follower's pool)."""
+    """forward_pending; returns (forwarded, queued transactions left in the follower's pool).
+
+    With ``undelivered`` (a list the caller keeps between calls: the sync loop's), the pending
+    transactions are dropped as soon as their bytes are read, before the leader is sent
+    anything: an arrival between the pool read and the drop is lost to it (see above), and the
+    leader's answer, the slowest step, no longer falls in that window. What the leader could
+    not be sent stays in ``undelivered`` and goes first next time (to whichever node leads then).
+    Without it (a hand-over's one-off relay), nothing is dropped unless the leader took the batch.
+    """
     keep = keep or set()
     pending_all, queued_all = pool_hashes(follower.call("txpool_content"))
     pending = [h for h in pending_all if h not in keep]
     queued = [h for h in queued_all if forwarded is None or h not in forwarded]
     # A pending transaction forwarded before (while it was queued) only needs dropping.
     hashes = [h for h in pending if forwarded is None or h not in forwarded] + queued
-    if hashes:
-        raws = follower.batch_raw([("eth_getRawTransactionByHash", [h]) for h in hashes])
-        sends = [("eth_sendRawTransaction", [r["result"]]) for r in raws if r.get("result")]
-        # Raises NodeUnreachable when the leader is gone: then nothing is dropped here.
-        for reply in leader.batch_raw(sends):
+    raws = follower.batch_raw([("eth_getRawTransactionByHash", [h]) for h in hashes]) if hashes else []
+    fresh = [r["result"] for r in raws if r.get("result")]
+    dropped = False
+    if undelivered is not None:
+        if pending:
+            follower.batch_raw([("anvil_dropTransaction", [h]) for h in pending])
+        dropped = True
+        undelivered[:] = dict.fromkeys([*undelivered, *fresh])  # a round retried while the leader was away reads them again
+        fresh = list(undelivered)
+    if fresh:
+        # Raises NodeUnreachable when the leader is gone: the bytes stay in ``undelivered`` (or nothing was dropped).
+        replies = leader.batch_raw([("eth_sendRawTransaction", [r]) for r in fresh])
+        if undelivered is not None:
+            undelivered.clear()
+        for reply in replies:
             err = (reply.get("error") or {}).get("message", "")
             if err and not is_duplicate(err):
                 log.warning("leader refused a gossiped transaction: %s", err)
-    if pending:
+    if pending and not dropped:
         follower.batch_raw([("anvil_dropTransaction", [h]) for h in pending])
     if forwarded is not None:
         if len(forwarded) > FORWARDED_MAX:

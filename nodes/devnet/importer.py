@@ -52,6 +52,7 @@ class BlockImporter:
         self.follower = follower
         self.node_id = node_id
         self.forwarded: set[str] = set()
+        self.undelivered: list[str] = []  # raw transactions dropped here that the leader has not taken yet
         self.imported_blocks = 0
         self.imported_txs = 0
         self.rollbacks = 0
@@ -70,9 +71,11 @@ class BlockImporter:
         only the queued ones already forwarded. Anything arriving changes a count.
         """
         status = self.follower.call("txpool_status")
-        if to_int(status.get("pending")) == len(keep or ()) and to_int(status.get("queued")) == self._queued_forwarded:
+        if (not self.undelivered and to_int(status.get("pending")) == len(keep or ())
+                and to_int(status.get("queued")) == self._queued_forwarded):
             return 0
-        count, self._queued_forwarded = forward_pool(self.follower, leader, forwarded=self.forwarded, keep=keep)
+        count, self._queued_forwarded = forward_pool(self.follower, leader, forwarded=self.forwarded, keep=keep,
+                                                     undelivered=self.undelivered)
         return count
 
     def forget_forwarded(self) -> None:

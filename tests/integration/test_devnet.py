@@ -33,10 +33,11 @@ from nodepool.spec import ROLE_FOLLOWER, ROLE_LEADER
 from nodepool.sync import DIVERGED, SYNC_KEY, SYNC_STOPPED, SYNCED
 from nodes.base import NodeBackend
 from nodes.devnet.devnet import Devnet
+from nodes.devnet.forwarding import forward_pool
 from nodes.devnet.handover import LEADER_GRACE, resend_blocks_above, settled_head
 from nodes.devnet.importer import BlockImporter
 from nodes.docker.backend import LABEL_RUN, DockerBackend
-from nodes.process import ProcessBackend
+from nodes.process import ProcessBackend, free_port
 from settings import Settings
 from tests.conftest import fresh_redis, make_settings
 
@@ -575,6 +576,30 @@ def test_importer_rolls_back_strays_reorders_and_evicts_conflicts(tmp_path: Path
         bad = importer.head()
         with pytest.raises(ChainDiverged, match=f"block {bad} is 0x[0-9a-f]+ here but 0x[0-9a-f]+ on the leader"):
             importer.import_range(leader, bad + 1, to_int(leader.call("eth_blockNumber")))
+    finally:
+        backend.close()
+
+
+def test_a_relay_the_leader_missed_keeps_the_bytes_it_dropped_for_the_next_leader(tmp_path: Path) -> None:
+    """The sync loop's relay drops what it read before it sends it on: the bytes wait in its undelivered list."""
+    settings = make_settings(tmp_path, ESP_BLOCK_TIME="1")
+    backend = ProcessBackend(settings)
+    try:
+        lead = backend.start("lead", role=ROLE_FOLLOWER)
+        follow = backend.start("follow", role=ROLE_FOLLOWER)
+        leader, follower = RpcClient(lead.url, node_id="lead"), RpcClient(follow.url, node_id="follow")
+        gone = RpcClient(f"http://127.0.0.1:{free_port()}", timeout=1.0, node_id="gone")
+        transfers = Signer(senders=1).transfers(3)
+        for t in transfers:
+            follower.call("eth_sendRawTransaction", [t.raw])
+        undelivered: list[str] = []
+        with pytest.raises(NodeUnreachable):
+            forward_pool(follower, gone, forwarded=set(), keep=None, undelivered=undelivered)
+        assert to_int(follower.call("txpool_status")["pending"]) == 0  # dropped here already ...
+        assert sorted(undelivered) == sorted(t.raw for t in transfers)  # ... and held, not lost
+        forward_pool(follower, leader, forwarded=set(), keep=None, undelivered=undelivered)
+        assert undelivered == []
+        assert all(leader.call("eth_getTransactionByHash", [t.tx_hash]) is not None for t in transfers)
     finally:
         backend.close()
 
