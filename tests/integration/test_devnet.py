@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -502,14 +503,21 @@ def test_transaction_sent_to_a_follower_is_mined_by_the_leader_only(make_devnet:
     assert all(st.status != DIVERGED for st in devnet.status().values())
 
 
-def test_importer_rolls_back_strays_reorders_and_evicts_conflicts(tmp_path: Path) -> None:
-    """The import corner cases, one by one: two no-mining nodes, the test mines the 'leader' by hand."""
-    settings = make_settings(tmp_path, ESP_BLOCK_TIME="1")
-    backend = ProcessBackend(settings)
+@contextmanager
+def loose_pair(tmp_path: Path) -> Iterator[tuple[RpcClient, RpcClient]]:
+    """Two no-mining nodes outside any devnet: a 'leader' the test mines by hand, and a follower."""
+    backend = ProcessBackend(make_settings(tmp_path, ESP_BLOCK_TIME="1"))
     try:
         lead = backend.start("lead", role=ROLE_FOLLOWER)
         follow = backend.start("follow", role=ROLE_FOLLOWER)
-        leader, follower = RpcClient(lead.url, node_id="lead"), RpcClient(follow.url, node_id="follow")
+        yield RpcClient(lead.url, node_id="lead"), RpcClient(follow.url, node_id="follow")
+    finally:
+        backend.close()
+
+
+def test_importer_rolls_back_strays_reorders_and_evicts_conflicts(tmp_path: Path) -> None:
+    """The import corner cases, one by one: two no-mining nodes, the test mines the 'leader' by hand."""
+    with loose_pair(tmp_path) as (leader, follower):
         importer = BlockImporter(follower, node_id="follow")
         signer = Signer(senders=3)
         a, b, c = (acct.address for acct in signer.accounts)
@@ -576,18 +584,11 @@ def test_importer_rolls_back_strays_reorders_and_evicts_conflicts(tmp_path: Path
         bad = importer.head()
         with pytest.raises(ChainDiverged, match=f"block {bad} is 0x[0-9a-f]+ here but 0x[0-9a-f]+ on the leader"):
             importer.import_range(leader, bad + 1, to_int(leader.call("eth_blockNumber")))
-    finally:
-        backend.close()
 
 
 def test_a_relay_the_leader_missed_keeps_the_bytes_it_dropped_for_the_next_leader(tmp_path: Path) -> None:
     """The sync loop's relay drops what it read before it sends it on: the bytes wait in its undelivered list."""
-    settings = make_settings(tmp_path, ESP_BLOCK_TIME="1")
-    backend = ProcessBackend(settings)
-    try:
-        lead = backend.start("lead", role=ROLE_FOLLOWER)
-        follow = backend.start("follow", role=ROLE_FOLLOWER)
-        leader, follower = RpcClient(lead.url, node_id="lead"), RpcClient(follow.url, node_id="follow")
+    with loose_pair(tmp_path) as (leader, follower):
         gone = RpcClient(f"http://127.0.0.1:{free_port()}", timeout=1.0, node_id="gone")
         transfers = Signer(senders=1).transfers(3)
         for t in transfers:
@@ -600,8 +601,6 @@ def test_a_relay_the_leader_missed_keeps_the_bytes_it_dropped_for_the_next_leade
         forward_pool(follower, leader, forwarded=set(), keep=None, undelivered=undelivered)
         assert undelivered == []
         assert all(leader.call("eth_getTransactionByHash", [t.tx_hash]) is not None for t in transfers)
-    finally:
-        backend.close()
 
 
 # -- 3. restarts and crashes -----------------------------------------------------------
