@@ -91,9 +91,7 @@ def send_transactions() -> tuple[Response, int]:
 def transfer(item: dict[str, Any], where: str) -> tuple[str, str, int]:
     """One transfer of a batch, each problem naming ``<where>.<field>``."""
     def given(name: str) -> Any:
-        if item.get(name) is None:
-            raise ValidationError(f"{where}.{name}", "is required")
-        return item[name]
+        return required(item, name, field=f"{where}.{name}")
 
     return (address(given("from"), f"{where}.from"), address(given("to"), f"{where}.to"),
             amount(given("value_wei"), f"{where}.value_wei"))

@@ -37,9 +37,10 @@ def is_valid_text(value: str) -> bool:
     return _SURROGATE.search(value) is None
 
 
-def required(data: dict[str, Any], name: str) -> Any:
+def required(data: dict[str, Any], name: str, *, field: str | None = None) -> Any:
+    """``data[name]``; ValidationError naming ``field`` (default: ``name``) when it is missing or null."""
     if name not in data or data[name] is None:
-        raise ValidationError(name, "is required")
+        raise ValidationError(field or name, "is required")
     return data[name]
 
 
