@@ -43,7 +43,7 @@ class PrivateRedis:
             port = free_port()
             proc = subprocess.Popen(
                 [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.folder), "--databases", "16", "--logfile", str(self.folder / "redis.log")],
+                 "--dir", str(self.folder), "--databases", "32", "--logfile", str(self.folder / "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
             deadline = time.monotonic() + start_timeout_s
             while time.monotonic() < deadline and proc.poll() is None:

@@ -34,7 +34,7 @@ from settings import ROOT, Settings
 REDIS_PORT = 0
 _redis_server: PrivateRedis | None = None
 
-#: Redis databases by test area (a Redis server has 16).
+#: Redis databases by test area (the session's private server has 32: bench.redis_server.PrivateRedis).
 DB_FOUNDATION = 9
 DB_DEVNET = 7
 DB_CELERY = 10
@@ -48,6 +48,10 @@ DB_ACCESS = 11
 DB_CHAINSTATE = 3
 DB_APP = 4
 DB_BATCH = 2
+DB_RPC = 16
+DB_RPC_CLIENTS = 17
+DB_RPC_FAULTS = 18
+DB_METRICS = 19
 
 
 def pytest_configure(config: pytest.Config) -> None:
