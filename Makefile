@@ -59,6 +59,7 @@ bench: install dev-deps
 	$(BIN)/python -m bench.devnet
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.writes
+	$(BIN)/python -m bench.rpc
 	$(BIN)/python -m bench.thesis quick
 
 image: install

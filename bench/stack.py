@@ -40,6 +40,8 @@ class RunningStack:
             # A benchmark is one heavy client: the per-key limit must not be what it measures.
             "ESP_RATE_LIMIT": "1000000 per minute", **env,
         })
+        #: The stack's environment, for a benchmark that starts one more of its processes (e.g. a second API).
+        self.environment = dict(child)
         self.key = ""  # the benchmark's user key, created once the API answers
         self.log_path = run_dir / "stack.log"
         self.log = open(self.log_path, "wb")
