@@ -1,17 +1,30 @@
-"""``GET /metrics``: the pool, the queues and the receipt backlog in Prometheus' text format.
+"""``GET /metrics``: the pool, the queues and the receipt backlog, plus every process metric, in Prometheus' text format.
 
-Written by hand (the format is a few lines per metric) from what is already in
-Redis: the balancer's snapshot, the queue lengths and the receipt watch set.
+Two sources, one page, written out by ``prometheus_client``:
+
+- ``PoolCollector`` reads, at scrape time, what is already in Redis: the balancer's
+  snapshot, the queue lengths and the receipt watch set (every process sees the same).
+- Metrics other modules declare with ``prometheus_client`` (a module-level ``Counter``,
+  ``Histogram``... in the default registry). Under gunicorn (``gunicorn.conf.py`` sets
+  PROMETHEUS_MULTIPROC_DIR before any worker imports them) they live in files, one per
+  worker, and ``MultiProcessCollector`` sums them; otherwise (``flask run``, the test
+  client) the default registry is in this process and is shown as it is.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 
 from flask import Blueprint, Response
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from app.context import pool, settings
+from nodepool.pool import Pool
 from nodepool.snapshot import load_snapshot
 from services.watch import ReceiptWatch
 from tasks.routing import QUEUES
@@ -21,52 +34,82 @@ bp = Blueprint("metrics", __name__)
 ZONES = ("I", "II", "III")
 
 
-def _line(name: str, value: float | int | None, **labels: str) -> str | None:
-    if value is None:
-        return None
-    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"{name}{{{text}}} {value}" if text else f"{name} {value}"
+class PoolCollector(Collector):
+    """The pool's snapshot, the queue lengths and the receipts watched, read from Redis on each scrape."""
+
+    def __init__(self, pool: Pool, *, stale_after: float) -> None:
+        self.pool = pool
+        self.stale_after = stale_after
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = load_snapshot(self.pool)
+        now = time.time()
+        if snapshot is not None:
+            nodes = snapshot.nodes
+            yield _by_node("esp_node_up", "1 when the node answered its last probe and is up",
+                           {n.id: int(n.alive and n.status == "up") for n in nodes})
+            yield _by_node("esp_node_distance", "distance of the node from the origin of the state space",
+                           {n.id: round(n.distance, 6) for n in nodes})
+            zone = GaugeMetricFamily("esp_node_zone", "1 for the zone the node is in", labels=["node", "zone"])
+            for n in nodes:
+                for z in ZONES:
+                    zone.add_metric([n.id, z], int(n.zone == z))
+            yield zone
+            state = GaugeMetricFamily("esp_node_state", "each normalised dimension of the node's state (0..1)",
+                                      labels=["node", "dimension"])
+            for n in nodes:
+                for dimension, value in n.state.items():
+                    state.add_metric([n.id, dimension], round(value, 6))
+            yield state
+            yield _by_node("esp_node_inflight", "requests and tasks in flight on the node", {n.id: n.inflight for n in nodes})
+            yield _by_node("esp_node_head", "the node's head block", {n.id: n.head for n in nodes})
+            yield GaugeMetricFamily("esp_pool_lbh", "the pool's health index LBH (< 0 pauses dispatch)",
+                                    value=round(snapshot.pool.lbh, 6))
+            yield GaugeMetricFamily("esp_pool_dis_ave", "the zone boundary Dis_ave", value=round(snapshot.pool.dis_ave, 6))
+            yield GaugeMetricFamily("esp_snapshot_age_seconds", "age of the newest pool snapshot",
+                                    value=round(now - snapshot.pool.taken_at, 3))
+        stale = snapshot is None or now - snapshot.pool.taken_at > self.stale_after
+        yield GaugeMetricFamily("esp_snapshot_stale", "1 when routing falls back because the snapshot is stale or missing",
+                                value=int(stale))
+        pipe = self.pool.redis.pipeline(transaction=False)
+        for queue in QUEUES:
+            pipe.llen(queue)
+        queues = GaugeMetricFamily("esp_queue_length", "tasks waiting in each queue", labels=["queue"])
+        for queue, length in zip(QUEUES, pipe.execute(), strict=True):
+            queues.add_metric([queue], length)
+        yield queues
+        yield GaugeMetricFamily("esp_receipts_watched", "broadcast tasks waiting for their receipts",
+                                value=ReceiptWatch(self.pool.redis).count())
 
 
-def _family(name: str, kind: str, help_text: str, lines: Iterable[str | None]) -> list[str]:
-    body = [line for line in lines if line is not None]
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *body] if body else []
+def _by_node(name: str, help_text: str, values_by_node: dict[str, float | None]) -> GaugeMetricFamily:
+    """One gauge labelled by node; a node whose value is unknown (None: no head yet) has no sample."""
+    family = GaugeMetricFamily(name, help_text, labels=["node"])
+    for node, value in values_by_node.items():
+        if value is not None:
+            family.add_metric([node], value)
+    return family
+
+
+def is_multiprocess() -> bool:
+    """True when this process's prometheus_client metrics live in files (PROMETHEUS_MULTIPROC_DIR was set before
+    prometheus_client was imported: the library decides once, at import, and so does this)."""
+    return values.ValueClass is not values.MutexValue
+
+
+def scrape_registry(collector: Collector) -> CollectorRegistry:
+    """``collector`` plus the process metrics: summed over gunicorn's workers, or this process's default registry."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    if is_multiprocess():
+        MultiProcessCollector(registry)
+    else:
+        registry.register(REGISTRY)
+    return registry
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus metrics of the pool, queues and receipt tracking."""
-    redis = pool().redis
-    out: list[str] = []
-    snapshot = load_snapshot(pool())
-    now = time.time()
-    if snapshot is not None:
-        nodes = snapshot.nodes
-        out += _family("esp_node_up", "gauge", "1 when the node answered its last probe and is up",
-                       (_line("esp_node_up", int(n.alive and n.status == "up"), node=n.id) for n in nodes))
-        out += _family("esp_node_distance", "gauge", "distance of the node from the origin of the state space",
-                       (_line("esp_node_distance", round(n.distance, 6), node=n.id) for n in nodes))
-        out += _family("esp_node_zone", "gauge", "1 for the zone the node is in",
-                       (_line("esp_node_zone", int(n.zone == z), node=n.id, zone=z) for n in nodes for z in ZONES))
-        out += _family("esp_node_state", "gauge", "each normalised dimension of the node's state (0..1)",
-                       (_line("esp_node_state", round(v, 6), node=n.id, dimension=d) for n in nodes for d, v in n.state.items()))
-        out += _family("esp_node_inflight", "gauge", "requests and tasks in flight on the node",
-                       (_line("esp_node_inflight", n.inflight, node=n.id) for n in nodes))
-        out += _family("esp_node_head", "gauge", "the node's head block",
-                       (_line("esp_node_head", n.head, node=n.id) for n in nodes))
-        out += _family("esp_pool_lbh", "gauge", "the pool's health index LBH (< 0 pauses dispatch)",
-                       [_line("esp_pool_lbh", round(snapshot.pool.lbh, 6))])
-        out += _family("esp_pool_dis_ave", "gauge", "the zone boundary Dis_ave", [_line("esp_pool_dis_ave", round(snapshot.pool.dis_ave, 6))])
-        out += _family("esp_snapshot_age_seconds", "gauge", "age of the newest pool snapshot",
-                       [_line("esp_snapshot_age_seconds", round(now - snapshot.pool.taken_at, 3))])
-    out += _family("esp_snapshot_stale", "gauge", "1 when routing falls back because the snapshot is stale or missing",
-                   [_line("esp_snapshot_stale", int(snapshot is None or now - snapshot.pool.taken_at > settings().stale_after))])
-    pipe = redis.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(queue)
-    lengths = pipe.execute()
-    out += _family("esp_queue_length", "gauge", "tasks waiting in each queue",
-                   (_line("esp_queue_length", n, queue=q) for q, n in zip(QUEUES, lengths, strict=True)))
-    out += _family("esp_receipts_watched", "gauge", "broadcast tasks waiting for their receipts",
-                   [_line("esp_receipts_watched", ReceiptWatch(redis).count())])
-    return Response("\n".join(out) + "\n", mimetype="text/plain; version=0.0.4")
+    """Prometheus metrics of the pool, queues and receipt tracking, and of ESP's processes."""
+    collector = PoolCollector(pool(), stale_after=settings().stale_after)
+    return Response(generate_latest(scrape_registry(collector)), content_type=CONTENT_TYPE_PLAIN_0_0_4)
