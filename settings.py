@@ -76,6 +76,15 @@ class Settings:
     flower_port: int = _setting("ESP_FLOWER_PORT", 5555, "port Flower listens on")
     worker_concurrency: int = _setting("ESP_WORKER_CONCURRENCY", 2, "processes of the write worker")
     rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
+    rpc_max_batch: int = _setting("ESP_RPC_MAX_BATCH", 100, "most requests one JSON-RPC batch on /rpc may carry (each counts against ESP_RPC_RATE_LIMIT)")
+    rpc_deadline: float = _setting("ESP_RPC_DEADLINE", 10.0, "seconds /rpc may spend on one request, failing over from node to node")
+    rpc_rate_limit: str = _setting("ESP_RPC_RATE_LIMIT", "60000 per minute", "JSON-RPC requests per API key on /rpc (a batch counts each of its requests); 429 beyond")
+    rpc_cache: bool = _setting("ESP_RPC_CACHE", True, "keep what cannot change (chain id, deep blocks, transactions, receipts, logs) and the head briefly, in Redis")
+    rpc_reorg_depth: int = _setting("ESP_RPC_REORG_DEPTH", 12, "blocks under the pool's head past which /rpc takes a block's contents as final and caches them")
+    rpc_head_ttl: float = _setting("ESP_RPC_HEAD_TTL", 0.25, "seconds /rpc may answer eth_blockNumber and fee suggestions from its cache (0: never)")
+    rpc_cache_ttl: int = _setting("ESP_RPC_CACHE_TTL", 86400, "seconds a final answer stays in the /rpc cache")
+    rpc_breaker_failures: int = _setting("ESP_RPC_BREAKER_FAILURES", 5, "calls in a row a node leaves unanswered before its circuit breaker opens")
+    rpc_breaker_reset: float = _setting("ESP_RPC_BREAKER_RESET", 5.0, "seconds an open circuit breaker keeps /rpc off a node before one probe call")
     probe_timeout: float = _setting("ESP_PROBE_TIMEOUT", 1.0, "seconds a health probe of a node may take")
     monitor_interval: float = _setting("ESP_MONITOR_INTERVAL", 1.0, "seconds between two samples of the node pool")
     balancer_policy: str = _setting("ESP_BALANCER_POLICY", "esp", "esp, thesis, round_robin, random, least_inflight, latency or lowest_distance")
@@ -174,7 +183,8 @@ class Settings:
         if self.keystore_scrypt_n < 2 or self.keystore_scrypt_n & (self.keystore_scrypt_n - 1):
             raise ConfigError(f"ESP_KEYSTORE_SCRYPT_N must be a power of two, not {self.keystore_scrypt_n}")
         for name, limit in (("ESP_RATE_LIMIT", self.rate_limit), ("ESP_RATE_LIMIT_ANONYMOUS", self.rate_limit_anonymous),
-                            ("ESP_UNLOCK_RATE_LIMIT", self.unlock_rate_limit), ("ESP_UNLOCK_FAILURE_LIMIT", self.unlock_failure_limit)):
+                            ("ESP_UNLOCK_RATE_LIMIT", self.unlock_rate_limit), ("ESP_UNLOCK_FAILURE_LIMIT", self.unlock_failure_limit),
+                            ("ESP_RPC_RATE_LIMIT", self.rpc_rate_limit)):
             try:
                 parse_many(limit)
             except ValueError:

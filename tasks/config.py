@@ -22,7 +22,7 @@ from kombu import Queue
 
 from balancer import TaskKind
 from settings import Settings
-from tasks.control import ENSURE_PLATFORM, RECYCLE_STEP, SAMPLE_POOL, SWEEP_OUTBOXES, TRACK_RECEIPTS
+from tasks.control import ENSURE_PLATFORM, RECYCLE_STEP, RESEND_KEPT, SAMPLE_POOL, SWEEP_OUTBOXES, TRACK_RECEIPTS
 from tasks.routing import CONTROL_QUEUE, QUEUE_OF_KIND, QUEUES, Router
 
 #: The longest a write task may run (signing and broadcasting; receipts are tracked elsewhere).
@@ -83,6 +83,12 @@ def from_settings(settings: Settings) -> dict[str, Any]:
                 "task": SWEEP_OUTBOXES,
                 "schedule": SWEEP_INTERVAL,
                 "options": {"queue": CONTROL_QUEUE, "expires": SWEEP_INTERVAL * 2},
+            },
+            "resend-kept": {
+                # Raw transactions /rpc accepted: re-sent while no block holds them (a node that took them died).
+                "task": RESEND_KEPT,
+                "schedule": 1.0,
+                "options": {"queue": CONTROL_QUEUE, "expires": 4.0},
             },
             "track-receipts": {
                 "task": TRACK_RECEIPTS,

@@ -3,6 +3,7 @@
 - ``sample_pool``: the monitor samples every node into the balancer's snapshot (``services.monitor``);
 - ``recycle_step``: the recycler advances by one step (``services.recycler``);
 - ``track_receipts``: confirm, fail, re-broadcast or replace watched transactions (``services.receipts``);
+- ``resend_kept``: send again the raw transactions ``/rpc`` accepted and no block holds yet (``gateway.kept``);
 - ``sweep_outboxes``: a drain for every sender whose batched writes wait with no drain holding them
   (``services.outbox``: a drain message lost with its worker, a holder that died);
 - ``ensure_platform``: deploy the platform contracts when the chain has none (``services.platform``);
@@ -23,6 +24,8 @@ from celery.signals import worker_ready
 
 from balancer import TaskKind
 from errors import NodeError, NodeUnreachable, NoHealthyNode
+from gateway.kept import KeptTransactions, resend_pass
+from nodepool.spec import ROLE_LEADER
 from services.monitor import MONITOR_LOCK_KEY, sample_pool
 from services.plans import OPERATIONS
 from services.platform import ensure_platform
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 SAMPLE_POOL = "tasks.control.sample_pool"
 RECYCLE_STEP = "tasks.control.recycle_step"
 TRACK_RECEIPTS = "tasks.control.track_receipts"
+RESEND_KEPT = "tasks.control.resend_kept"
 SWEEP_OUTBOXES = "tasks.control.sweep_outboxes"
 ENSURE_PLATFORM = "tasks.control.ensure_platform"
 NODE_HEAD = "tasks.control.node_head"
@@ -78,6 +82,19 @@ def recycle_step_task(self: Task) -> None:
         return
     if result["action"] not in ("idle", "stale", "busy"):
         log.info("recycler: %s", result)
+
+
+@shared_task(bind=True, name=RESEND_KEPT, queue=CONTROL_QUEUE, ignore_result=True)
+def resend_kept(self: Task) -> dict[str, int]:
+    """Beat task: the raw transactions ``/rpc`` kept: forget the mined, send the others again (one pass)."""
+    w = worker(self.app.settings)
+    specs = sorted(w.pool.nodes(), key=lambda spec: spec.role != ROLE_LEADER)  # the block producer first
+    try:
+        return resend_pass(KeptTransactions(w.pool.redis), [w.pool.rpc(spec) for spec in specs],
+                           depth=w.settings.rpc_reorg_depth)
+    except redis.RedisError as exc:
+        log.warning("kept transactions skipped: Redis: %s", exc)
+        return {}
 
 
 @shared_task(bind=True, name=TRACK_RECEIPTS, queue=CONTROL_QUEUE, ignore_result=True)

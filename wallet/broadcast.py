@@ -256,7 +256,7 @@ def broadcast(
         raise ValidationError("tx_hash", "does not match the signed bytes")
     raw_hex = "0x" + raw_tx.hex()
     attempts: list[str] = []
-    refusals: list[tuple[TxErrorKind, str, str | None]] = []
+    refusals: list[tuple[TxErrorKind, RpcError, str | None]] = []
     ambiguous = False
     for client in clients:
         name = client.node_id or client.url
@@ -276,15 +276,16 @@ def broadcast(
                 return _after_nonce_too_low(computed, client, clients, attempts, nonce=nonce, timeout=timeout)
             attempts.append(f"{name}: {exc.rpc_message}")
             if kind in DEFINITE_REFUSALS:
-                refusals.append((kind, exc.rpc_message, client.node_id))
+                refusals.append((kind, exc, client.node_id))
             continue
         if isinstance(answer, str) and answer.lower() != computed:
             log.warning("node %s answered hash %s for tx %s", name, answer, computed)
         log.debug("tx %s accepted by %s", computed, name)
         return Broadcast(client.node_id, client.url, "accepted", tuple(attempts))
     if refusals and len(refusals) == len(clients):
-        kind, message, node_id = refusals[0]
-        raise TxRejected(tx_hash=computed, kind=kind.value, node_message=message, node_id=node_id)
+        kind, error, node_id = refusals[0]
+        raise TxRejected(tx_hash=computed, kind=kind.value, node_message=error.rpc_message, node_id=node_id,
+                         node_code=error.code, node_data=error.data)
     raise BroadcastFailed(tx_hash=computed, attempts=attempts, may_have_reached_node=ambiguous)
 
 

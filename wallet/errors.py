@@ -24,6 +24,7 @@ Each class carries ``status``, the HTTP status ``app/errors.py`` should answer w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from errors import Conflict, EspError, NotFound
 
@@ -140,11 +141,15 @@ class TxRejected(SendError):
 
     status = 422
 
-    def __init__(self, *, tx_hash: str, kind: str, node_message: str, node_id: str | None) -> None:
+    def __init__(self, *, tx_hash: str, kind: str, node_message: str, node_id: str | None,
+                 node_code: int | None = None, node_data: Any = None) -> None:
         super().__init__(f"transaction {tx_hash} refused by {node_id or 'the node'}: {node_message}", tx_hash=tx_hash)
         self.kind = kind
         self.node_message = node_message
         self.node_id = node_id
+        #: The node's JSON-RPC error code and data, for callers that pass the refusal on as it was (``/rpc``).
+        self.node_code = node_code
+        self.node_data = node_data
 
 
 class BroadcastFailed(SendError):

@@ -1,0 +1,246 @@
+"""``POST /rpc`` against the real stack: JSON-RPC 2.0 as clients expect it, routed, cached, kept, keyed.
+
+One LocalStack (3 anvils kept on one chain, Celery workers and beat) for the module; requests go
+through the API's test client with a user's key unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eth_account import Account
+
+from gateway.cache import cache_key
+from app import create_app
+from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, decode_raw, resend_pass
+from nodepool.rpc import RpcClient, to_int
+from tests.conftest import DB_RPC, redis_url
+from tests.stack import LocalStack
+from tests.waiting import wait_for
+
+Account.enable_unaudited_hdwallet_features()
+MNEMONIC = "test test test test test test test test test test test junk"
+#: anvil's funded dev account #7 (ESP's treasury is #0; other modules use other indexes).
+SENDER = Account.from_mnemonic(MNEMONIC, account_path="m/44'/60'/0'/0/7")
+#: Deploys a contract whose every call reverts with the 4 bytes 0xdeadbeef.
+REVERTER_INIT = "0x600d600c600039600d6000f3" + "63deadbeef60005260046" + "01cfd"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    s = LocalStack(tmp_path_factory.mktemp("rpc"), DB_RPC, name="rpc", writers=1, ESP_DEPLOY_PLATFORM="0",
+                   ESP_RPC_REORG_DEPTH="2", ESP_RPC_MAX_BATCH="10")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def rpc(stack: LocalStack, body: Any, *, key: str | None = "", raw: bytes | None = None) -> tuple[int, Any]:
+    client = stack.client(key)
+    data = raw if raw is not None else json.dumps(body).encode()
+    response = client.post("/rpc", data=data, content_type="application/json")
+    return response.status_code, (response.get_json() if response.data else None)
+
+
+def call(stack: LocalStack, method: str, params: list[Any] | None = None, **kw: Any) -> Any:
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}, **kw)
+    assert status == 200, reply
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+def sign(nonce: int, **fields: Any) -> Any:
+    tx = {"to": SENDER.address, "value": 1, "gas": 21000, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9,
+          "nonce": nonce, "chainId": 31337, **fields}
+    return SENDER.sign_transaction(tx)
+
+
+def next_nonce(stack: LocalStack) -> int:
+    return to_int(call(stack, "eth_getTransactionCount", [SENDER.address, "pending"]))
+
+
+def wait_receipt(stack: LocalStack, tx_hash: str, timeout: float = 20) -> dict[str, Any]:
+    return wait_for(lambda: call(stack, "eth_getTransactionReceipt", [tx_hash]), timeout, f"the receipt of {tx_hash}")
+
+
+# -- JSON-RPC as the specification says -------------------------------------------------------------
+
+
+def test_a_read_is_answered_with_the_pools_chain(stack: LocalStack) -> None:
+    assert to_int(call(stack, "eth_chainId")) == 31337
+    head = to_int(call(stack, "eth_blockNumber"))
+    direct = max(to_int(RpcClient(spec.url).call("eth_blockNumber")) for spec in stack.specs)
+    assert 0 <= direct - head <= 2
+
+
+def test_without_a_key_the_answer_is_401_with_a_json_rpc_error(stack: LocalStack) -> None:
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}, key=None)
+    assert status == 401
+    assert reply["jsonrpc"] == "2.0" and reply["id"] is None and reply["error"]["code"] == -32600
+    assert "API key" in reply["error"]["message"]
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}, key="esp_nope_nope")
+    assert status == 401 and reply["error"]["code"] == -32600
+
+
+def test_a_batch_is_answered_in_order_each_request_on_its_own(stack: LocalStack) -> None:
+    body = [
+        {"jsonrpc": "2.0", "id": "a", "method": "eth_chainId"},
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_noSuchMethod", "params": []},
+        {"jsonrpc": "2.0", "id": 3, "method": "eth_getBalance", "params": ["0x12", "latest"]},
+        {"jsonrpc": "1.0", "id": 4, "method": "eth_chainId"},
+        {"jsonrpc": "2.0", "method": "eth_chainId"},  # a notification: no answer
+        {"jsonrpc": "2.0", "id": 6, "method": "eth_getBalance", "params": [SENDER.address, "latest"]},
+        17,
+    ]
+    status, replies = rpc(stack, body)
+    assert status == 200
+    assert [r["id"] for r in replies] == ["a", 2, 3, 4, 6, None]
+    assert replies[0]["result"] == "0x7a69"
+    assert replies[1]["error"]["code"] == -32601 and "eth_noSuchMethod" in replies[1]["error"]["message"]
+    assert replies[2]["error"]["code"] == -32602 and "params[0]" in replies[2]["error"]["message"]
+    assert replies[3]["error"]["code"] == -32600
+    assert to_int(replies[4]["result"]) > 0
+    assert replies[5]["error"]["code"] == -32600
+
+
+def test_malformed_bodies_and_long_batches_are_refused_whole(stack: LocalStack) -> None:
+    status, reply = rpc(stack, None, raw=b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert status == 200 and reply == {"jsonrpc": "2.0", "id": None, "error": reply["error"]}
+    assert reply["error"]["code"] == -32700
+    status, reply = rpc(stack, [])
+    assert reply["error"]["code"] == -32600
+    status, reply = rpc(stack, [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(11)])
+    assert isinstance(reply, dict) and reply["error"]["code"] == -32005 and "ESP_RPC_MAX_BATCH" in reply["error"]["message"]
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": {"address": "0x0"}})
+    assert reply["error"]["code"] == -32602
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [SENDER.address, "0xZZ"]})
+    assert reply["error"]["code"] == -32602 and "params[1]" in reply["error"]["message"]
+    big = {"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [{"data": "0x" + "00" * 600_000}, "latest"]}
+    status, reply = rpc(stack, big)
+    assert status == 413 and reply["error"]["code"] == -32600
+
+
+def test_node_keys_and_node_administration_are_for_admins_only(stack: LocalStack) -> None:
+    for method, params in (("eth_sendTransaction", [{"from": SENDER.address, "to": SENDER.address}]),
+                           ("eth_sign", [SENDER.address, "0x00"]), ("personal_unlockAccount", [SENDER.address, "x"]),
+                           ("eth_accounts", []), ("anvil_mine", []), ("evm_mine", []), ("debug_traceTransaction", ["0x" + "0" * 64]),
+                           ("admin_peers", []), ("miner_stop", []), ("hardhat_mine", [])):
+        status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        assert status == 200 and reply["error"]["code"] == -32601, (method, reply)
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_newFilter", "params": [{}]})
+    assert reply["error"]["code"] == -32601 and "eth_getLogs" in reply["error"]["message"]
+    # An admin's call goes through, to the block producer.
+    assert "pending" in call(stack, "txpool_status", key=stack.new_key("rpc-admin", "admin"))
+
+
+def test_a_revert_is_passed_through_with_its_data(stack: LocalStack) -> None:
+    nonce = next_nonce(stack)
+    deploy = sign(nonce, to=None, value=0, gas=100_000, data=REVERTER_INIT)
+    tx_hash = call(stack, "eth_sendRawTransaction", [deploy.raw_transaction.to_0x_hex()])
+    receipt = wait_receipt(stack, tx_hash)
+    assert to_int(receipt["status"]) == 1
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 9, "method": "eth_call",
+                               "params": [{"to": receipt["contractAddress"], "data": "0x"}, "latest"]})
+    leader = next(spec for spec in stack.manager.registry.all() if spec.role == "leader")
+    direct = RpcClient(leader.url)._post(
+        {"jsonrpc": "2.0", "id": 9, "method": "eth_call", "params": [{"to": receipt["contractAddress"], "data": "0x"}, "latest"]}, None)
+    assert "error" in reply and "error" in direct, (reply, direct)
+    assert reply["error"] == direct["error"]
+    assert reply["error"]["data"] == "0xdeadbeef"
+
+
+# -- raw transactions ---------------------------------------------------------------------------------
+
+
+def test_raw_bytes_are_kept_before_the_answer_and_a_resend_is_a_success(stack: LocalStack) -> None:
+    nonce = next_nonce(stack)
+    tx = sign(nonce)
+    raw = tx.raw_transaction.to_0x_hex()
+    tx_hash = call(stack, "eth_sendRawTransaction", [raw])
+    assert tx_hash == tx.hash.to_0x_hex()
+    kept = stack.redis.get(KEPT_KEY.format(tx_hash))
+    assert kept is not None and json.loads(kept)["raw"] == raw
+    assert call(stack, "eth_sendRawTransaction", [raw]) == tx_hash  # already known
+    receipt = wait_receipt(stack, tx_hash)
+    assert call(stack, "eth_sendRawTransaction", [raw]) == tx_hash  # mined: nonce too low, but ours
+    # The beat's pass forgets it once it is buried under the reorg depth.
+    wait_for(lambda: stack.redis.zscore(KEPT_SET, tx_hash) is None, 20, "the kept transaction to be forgotten")
+    assert to_int(receipt["status"]) == 1
+
+
+def test_refused_bytes_are_passed_through_and_not_kept(stack: LocalStack) -> None:
+    nonce = next_nonce(stack)
+    poor = sign(nonce, value=10**30)
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction",
+                               "params": [poor.raw_transaction.to_0x_hex()]})
+    assert "insufficient funds" in reply["error"]["message"].lower()
+    assert stack.redis.get(KEPT_KEY.format(poor.hash.to_0x_hex())) is None
+    wrong_chain = sign(nonce, chainId=1)
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction",
+                               "params": [wrong_chain.raw_transaction.to_0x_hex()]})
+    assert "chain" in reply["error"]["message"]
+    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": ["0x01ff"]})
+    assert reply["error"]["code"] == -32602
+
+
+def test_kept_bytes_a_node_lost_are_sent_again(stack: LocalStack) -> None:
+    """Bytes kept but held by no node (as when the node that took them died) reach the chain by the resend pass."""
+    kept = KeptTransactions(stack.redis)
+    nonce = next_nonce(stack)
+    tx = sign(nonce)
+    record = decode_raw(tx.raw_transaction.to_0x_hex())
+    kept.keep(record, now=time.time() - 60)  # kept a minute ago, never sent since
+    clients = [RpcClient(spec.url) for spec in stack.specs]
+    counts = resend_pass(kept, clients, depth=2)
+    assert counts["resent"] == 1
+    receipt = wait_receipt(stack, record.tx_hash)
+    assert to_int(receipt["status"]) == 1
+
+
+# -- heads and the cache ---------------------------------------------------------------------------------
+
+
+def test_deep_blocks_are_cached_and_latest_never_is(stack: LocalStack) -> None:
+    wait_for(lambda: to_int(call(stack, "eth_blockNumber")) >= 5, 20, "five blocks")
+    block = call(stack, "eth_getBlockByNumber", ["0x1", False])
+    key = cache_key("eth_getBlockByNumber", ["0x1", False])
+    assert json.loads(stack.redis.get(key)) == block
+    assert call(stack, "eth_getBlockByNumber", ["0x1", False]) == block
+    latest = call(stack, "eth_getBlockByNumber", ["latest", False])
+    assert stack.redis.get(cache_key("eth_getBlockByNumber", ["latest", False])) is None
+    # A block at the head is not cached either (a reorganisation could still replace it).
+    at_head = latest["number"]
+    call(stack, "eth_getBlockByNumber", [at_head, False])
+    assert stack.redis.get(cache_key("eth_getBlockByNumber", [at_head, False])) is None
+    # Errors are never cached.
+    rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["0x1", "yes"]})
+    assert stack.redis.get(cache_key("eth_getBlockByNumber", ["0x1", "yes"])) is None
+
+
+def test_a_caller_reads_its_own_writes(stack: LocalStack) -> None:
+    """After its receipt, the sender's balance at latest already shows the transfer, on whichever node answers."""
+    other = Account.create()
+    nonce = next_nonce(stack)
+    for round_ in range(5):
+        tx = sign(nonce + round_, to=other.address, value=10**15)
+        tx_hash = call(stack, "eth_sendRawTransaction", [tx.raw_transaction.to_0x_hex()])
+        assert to_int(call(stack, "eth_getTransactionCount", [SENDER.address, "pending"])) == nonce + round_ + 1
+        wait_receipt(stack, tx_hash)
+        assert to_int(call(stack, "eth_getBalance", [other.address, "latest"])) == (round_ + 1) * 10**15
+        assert call(stack, "eth_getTransactionByHash", [tx_hash])["hash"] == tx_hash
+
+
+def test_the_rate_limit_counts_every_request_of_a_batch(stack: LocalStack, settings_factory: Any) -> None:
+    app = create_app(settings_factory(ESP_REDIS_URL=redis_url(DB_RPC), ESP_RPC_RATE_LIMIT="5 per minute"))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {stack.new_key('limited', 'user')}"
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(3)]
+    assert client.post("/rpc", json=batch).status_code == 200
+    refused = client.post("/rpc", json=batch)
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == -32005 and refused.headers["Retry-After"]
