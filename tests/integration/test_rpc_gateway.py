@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from gateway.cache import cache_key
 from app import create_app
+from gateway.cache import cache_key
 from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, decode_raw, resend_pass
 from nodepool.rpc import RpcClient, to_int
 from tests.conftest import DB_RPC, redis_url
@@ -144,7 +144,7 @@ def test_a_revert_is_passed_through_with_its_data(stack: LocalStack) -> None:
     tx_hash = call(stack, "eth_sendRawTransaction", [deploy.raw_transaction.to_0x_hex()])
     receipt = wait_receipt(stack, tx_hash)
     assert to_int(receipt["status"]) == 1
-    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 9, "method": "eth_call",
+    _status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 9, "method": "eth_call",
                                "params": [{"to": receipt["contractAddress"], "data": "0x"}, "latest"]})
     leader = next(spec for spec in stack.manager.registry.all() if spec.role == "leader")
     direct = RpcClient(leader.url)._post(
@@ -183,8 +183,8 @@ def test_refused_bytes_are_passed_through_and_not_kept(stack: LocalStack) -> Non
     wrong_chain = sign(nonce, chainId=1)
     status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction",
                                "params": [wrong_chain.raw_transaction.to_0x_hex()]})
-    assert "chain" in reply["error"]["message"]
-    status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": ["0x01ff"]})
+    assert status == 200 and "chain" in reply["error"]["message"]
+    _status, reply = rpc(stack, {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": ["0x01ff"]})
     assert reply["error"]["code"] == -32602
 
 
