@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import redis
 
+from gateway.cache import CACHE_PREFIX
+from gateway.gateway import SEEN_KEY
+from gateway.kept import KEPT_KEY, KEPT_SET
 from services.platform import DEPLOY_LOCK_KEY, PLATFORM_KEY
 from services.records import FAILED, TaskStore
 from services.watch import WATCH_KEY, WATCH_SET, ReceiptWatch
@@ -23,7 +26,9 @@ FAILED_RECORD_TTL = 86400
 
 def chain_state_patterns(chain_id: int) -> tuple[str, ...]:
     """Redis key patterns of what ESP keeps about chain ``chain_id``."""
-    return (f"{NONCE_PREFIX}:{chain_id}:*", f"{PREPARED_PREFIX}*", WATCH_KEY.format("*"))
+    return (f"{NONCE_PREFIX}:{chain_id}:*", f"{PREPARED_PREFIX}*", WATCH_KEY.format("*"),
+            # /rpc's: answers about the old chain's blocks, raw transactions for it, the blocks callers were shown.
+            f"{CACHE_PREFIX}*", KEPT_KEY.format("*"), SEEN_KEY.format("*"))
 
 
 def reset_chain_state(client: redis.Redis, chain_id: int) -> int:
@@ -42,5 +47,5 @@ def reset_chain_state(client: redis.Redis, chain_id: int) -> int:
         batch = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(batch), 500):
             deleted += int(client.delete(*batch[i : i + 500]))
-    deleted += int(client.delete(WATCH_SET, PLATFORM_KEY, DEPLOY_LOCK_KEY))
+    deleted += int(client.delete(WATCH_SET, PLATFORM_KEY, DEPLOY_LOCK_KEY, KEPT_SET))
     return deleted
