@@ -311,7 +311,8 @@ def run_cell(target: str, method: str, call: Call, count: int, concurrency: int,
     """One cell: ``count`` requests of ``call`` from ``concurrency`` connections, after a warm-up; capped at ``cap_s``."""
     warmup = min(max(2 * concurrency, 50), count)
     result = asyncio.run(_load(call, count, concurrency, cap_s, warmup))
-    return {"target": target, "method": method, "concurrency": concurrency, **result}
+    return {"target": target, "method": method, "concurrency": concurrency, **result,
+            "loadavg_1min_after": round(os.getloadavg()[0], 2)}
 
 
 # -- the processes ----------------------------------------------------------------------------
