@@ -19,13 +19,11 @@ from app import (
     nodes,
     openapi,
     projects,
-    rpc,
     tasks_api,
     thesis,
     token,
     validation,
 )
-from gateway.gateway import Gateway, GatewayConfig
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
 from nodepool.pool import Pool
@@ -45,7 +43,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["esp.pool"] = pool
     app.extensions["esp.placement"] = placement = Placement(pool)
     app.extensions["esp.reader"] = ReadClient(pool, placement)
-    app.extensions["esp.gateway"] = Gateway(pool, placement, GatewayConfig.from_settings(settings))
     app.extensions["esp.celery"] = make_celery(settings, name="esp-api", current=False)
     # One per process: every keystore this app builds shares the bound on password KDFs.
     app.extensions["esp.kdf_gate"] = KdfGate(settings.kdf_concurrency, settings.kdf_queue)
@@ -57,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     keys_api.register_cli(app)
     for module in (health, nodes, tasks_api, accounts, keys_api, metrics):
         app.register_blueprint(module.bp)
-    for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis, rpc):
+    for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app

@@ -15,7 +15,6 @@ from flask import current_app, g, request
 from access.keys import ApiKeyStore, Caller
 from access.owners import Owners
 from access.policy import require_caller
-from gateway.gateway import Gateway
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
 from nodepool.pool import Pool
@@ -76,11 +75,6 @@ def placement() -> Placement:
 def reader() -> ReadClient:
     """Reads through the balancer, failing over to another node when one does not answer."""
     return current_app.extensions["esp.reader"]
-
-
-def gateway() -> Gateway:
-    """The JSON-RPC gateway of this process (its breakers, heads and in-flight calls are per process)."""
-    return current_app.extensions["esp.gateway"]
 
 
 def key_store() -> ApiKeyStore:

@@ -12,9 +12,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.guards import breach_field, retry_after, too_large_body
-from app.rpc import bp as rpc_bp
 from errors import Conflict, EspError, Forbidden, NodeError, NoHealthyNode, NotFound, Unauthorized, ValidationError
-from gateway.gateway import INTERNAL_ERROR, INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, RpcFault, error_reply
 from wallet.errors import KdfBusy
 
 log = logging.getLogger(__name__)
@@ -23,9 +21,7 @@ PROBLEM_TYPE = "https://esp.invalid/problems/{}"
 
 
 def problem(status: int, title: str, detail: str, *, kind: str | None = None, **extra: Any) -> Response:
-    """An RFC 9457 problem response (on ``/rpc``, a JSON-RPC error object with the same HTTP status)."""
-    if request.blueprint == rpc_bp.name:
-        return rpc_problem(status, title, detail)
+    """An RFC 9457 problem response."""
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE.format(kind) if kind else "about:blank",
         "title": title,
@@ -37,19 +33,6 @@ def problem(status: int, title: str, detail: str, *, kind: str | None = None, **
     response = jsonify(body)
     response.status_code = status
     response.mimetype = "application/problem+json"
-    return response
-
-
-def rpc_problem(status: int, title: str, detail: str) -> Response:
-    """What JSON-RPC clients understand of a refusal before the gateway ran: an error object, id null."""
-    if status == 429:
-        code = LIMIT_EXCEEDED
-    elif status < 500:
-        code = INVALID_REQUEST
-    else:
-        code = NO_NODE if status == 503 else INTERNAL_ERROR
-    response = jsonify(error_reply(None, RpcFault(code, f"{title.lower()}: {detail}")))
-    response.status_code = status
     return response
 
 

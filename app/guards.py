@@ -60,9 +60,6 @@ STRATEGY = "sliding-window-counter"
 EXEMPT_ENDPOINTS = ("health.healthz", "health.readyz", "metrics.metrics")
 #: Views that accept many writes in one request: each counts against the rate limit.
 BATCH_ENDPOINTS = ("accounts.send_transactions",)
-#: The JSON-RPC endpoint: its own limit per key (ESP_RPC_RATE_LIMIT), each request of a batch counted.
-RPC_ENDPOINT = "rpc.rpc"
-RPC_SCOPE = "rpc"
 #: The views that check an account's password; the thesis's route calls the same service.
 UNLOCK_ENDPOINTS = ("accounts.unlock_account", "thesis.admin_unlock")
 #: The views that run a password KDF (scrypt): unlocking, and creating an account's keystore.
@@ -149,8 +146,7 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
     limiter = Limiter(
         key_func=caller_key,
         application_limits=[ApplicationLimit(limit_provider=lambda: settings.rate_limit if _caller() else settings.rate_limit_anonymous,
-                                             cost=lambda: request_cost(settings.max_submit_batch),
-                                             exempt_when=lambda: request.endpoint == RPC_ENDPOINT)],
+                                             cost=lambda: request_cost(settings.max_submit_batch))],
         strategy=STRATEGY,
         storage_uri=settings.redis_url,
         storage_options=storage,
@@ -160,8 +156,7 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
         # switch to per-process counters; without Redis the API cannot authenticate or enqueue anyway.
         in_memory_fallback_enabled=False,
     )
-    missing = [endpoint for endpoint in (*EXEMPT_ENDPOINTS, *KDF_ENDPOINTS, *BATCH_ENDPOINTS, RPC_ENDPOINT)
-               if endpoint not in app.view_functions]
+    missing = [endpoint for endpoint in (*EXEMPT_ENDPOINTS, *KDF_ENDPOINTS, *BATCH_ENDPOINTS) if endpoint not in app.view_functions]
     if missing:
         raise LookupError(f"guards name views the app does not have: {', '.join(missing)}")
     limiter.init_app(app)
@@ -179,18 +174,7 @@ def install_limits(app: Flask, settings: Settings, client: redis.Redis) -> Limit
                                " it cannot be unlocked until the window slides on"))
     for endpoint in UNLOCK_ENDPOINTS:
         app.view_functions[endpoint] = attempts(failures(_noting_password_checks(app.view_functions[endpoint])))
-    rpc_view = app.view_functions[RPC_ENDPOINT]  # its own limit instead of ESP_RATE_LIMIT (exempt_when above)
-    rpc_limit: Any = limiter.limit(
-        lambda: settings.rpc_rate_limit, key_func=caller_key, cost=rpc_cost, scope=RPC_SCOPE,
-        error_message=lambda: f"too many JSON-RPC requests for this API key (at most {settings.rpc_rate_limit})")
-    app.view_functions[RPC_ENDPOINT] = rpc_limit(rpc_view)
     return limiter
-
-
-def rpc_cost() -> int:
-    """A JSON-RPC body's cost against ESP_RPC_RATE_LIMIT: one per request of a batch (a malformed body: 1)."""
-    body = request.get_json(force=True, silent=True)
-    return len(body) if isinstance(body, list) and body else 1
 
 
 def request_cost(limit: int) -> int:

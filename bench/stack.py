@@ -30,15 +30,18 @@ class RunningStack:
         self.redis = PrivateRedis()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.rpc_port = free_port()
+        #: The JSON-RPC gateway's endpoint (``rpc.server``, the Procfile's ``rpc`` line).
+        self.rpc_url = f"http://127.0.0.1:{self.rpc_port}/rpc"
         self.admin_key = "bench-admin-key"
         run_dir.mkdir(parents=True, exist_ok=True)
         child = {k: v for k, v in os.environ.items() if not k.startswith("ESP_")}
         child.update({
-            "ESP_API_PORT": str(self.port), "ESP_FLOWER_PORT": str(free_port()), "ESP_RUN_DIR": str(run_dir),
+            "ESP_API_PORT": str(self.port), "ESP_RPC_PORT": str(self.rpc_port), "ESP_FLOWER_PORT": str(free_port()), "ESP_RUN_DIR": str(run_dir),
             "ESP_REDIS_URL": self.redis.url(0), "ESP_ADMIN_KEY": self.admin_key,
             "ESP_KEYSTORE_DIR": str(run_dir / "keystore"),
             # A benchmark is one heavy client: the per-key limit must not be what it measures.
-            "ESP_RATE_LIMIT": "1000000 per minute", **env,
+            "ESP_RATE_LIMIT": "1000000 per minute", "ESP_RPC_RATE_LIMIT": "10000000 per minute", **env,
         })
         #: The stack's environment, for a benchmark that starts one more of its processes (e.g. a second API).
         self.environment = dict(child)

@@ -19,11 +19,10 @@ Redis, owned here::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -76,29 +75,25 @@ def may_be_cached(method: Method) -> bool:
 
 
 class InFlight:
-    """Identical calls at the same moment in this process share one call (the first caller makes it)."""
+    """Identical calls at the same moment in this process share one call (the first caller makes it; asyncio)."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, Future[Any]] = {}
-        self._lock = threading.Lock()
+        self._calls: dict[str, asyncio.Future[Any]] = {}
 
-    def run(self, key: str, call: Callable[[], T]) -> tuple[T, bool]:
-        """``call()``'s result, and whether it was shared from a call already in flight."""
-        with self._lock:
-            future = self._calls.get(key)
-            leader = future is None
-            if future is None:
-                future = self._calls[key] = Future()
-        if not leader:
-            return future.result(), True
+    async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """``await call()``'s result, and whether it was shared from a call already in flight."""
+        future = self._calls.get(key)
+        if future is not None:
+            return await asyncio.shield(future), True
+        future = self._calls[key] = asyncio.get_running_loop().create_future()
         try:
-            result = call()
+            result = await call()
         except BaseException as exc:
             future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
             raise
         else:
             future.set_result(result)
             return result, False
         finally:
-            with self._lock:
-                self._calls.pop(key, None)
+            del self._calls[key]

@@ -99,18 +99,28 @@ class KeptTransactions:
 
     def keep(self, tx: RawTx, *, now: float | None = None) -> None:
         """Keep ``tx`` (a second keep of the same bytes changes nothing)."""
-        now = time.time() if now is None else now
-        record = {**asdict(tx), "kept_at": now, "sent_at": now}
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(KEPT_KEY.format(tx.tx_hash), json.dumps(record), nx=True, ex=KEEP_FOR + 3600)
-        pipe.zadd(KEPT_SET, {tx.tx_hash: now}, nx=True)
+        self.keep_on(pipe, tx, now=now)
         pipe.execute()
 
     def forget(self, tx_hash: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
+        self.forget_on(pipe, tx_hash)
+        pipe.execute()
+
+    # -- the same, queued on a pipeline the caller executes (the gateway's is asyncio's) ----------------
+
+    @staticmethod
+    def keep_on(pipe: Any, tx: RawTx, *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        record = {**asdict(tx), "kept_at": now, "sent_at": now}
+        pipe.set(KEPT_KEY.format(tx.tx_hash), json.dumps(record), nx=True, ex=KEEP_FOR + 3600)
+        pipe.zadd(KEPT_SET, {tx.tx_hash: now}, nx=True)
+
+    @staticmethod
+    def forget_on(pipe: Any, tx_hash: str) -> None:
         pipe.delete(KEPT_KEY.format(tx_hash))
         pipe.zrem(KEPT_SET, tx_hash)
-        pipe.execute()
 
     def get(self, tx_hash: str) -> dict[str, Any] | None:
         raw = self.redis.get(KEPT_KEY.format(tx_hash.lower()))

@@ -140,10 +140,19 @@ class Placement:
 
     # -- choosing ----------------------------------------------------------------------
 
-    def choose(self, kind: TaskKind | str, *, exclude: frozenset[str] = frozenset()) -> Choice:
-        """A node for work of ``kind``; NoHealthyNode when none may take it now."""
+    def needs_refresh(self) -> bool:
+        """True when the next ``view()`` reads Redis (callers on an event loop refresh it in a thread first)."""
+        view = self._view
+        return view is None or time.monotonic() - view.fetched_at >= self.settings.monitor_interval
+
+    def choose(self, kind: TaskKind | str, *, exclude: frozenset[str] = frozenset(),
+               inflight: Mapping[str, int] | None = None) -> Choice:
+        """A node for work of ``kind``; NoHealthyNode when none may take it now.
+
+        ``inflight``: live in-flight counts the caller already read (``Traffic.inflight_on``), else read here.
+        """
         view = self.view()
-        live = self.traffic.inflight(view.specs)
+        live = dict(inflight) if inflight is not None else self.traffic.inflight(view.specs)
         # Overridden nodes, and nodes the snapshot knows but the registry no longer has, never take work.
         blocked = set(exclude) | set(view.overrides)
         if view.snapshot is not None:

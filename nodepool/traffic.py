@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -41,6 +42,36 @@ class Traffic:
         pipe.zrem(INFLIGHT_KEY.format(node_id), token)
         self._outcome(pipe, node_id, ok)
         pipe.execute()
+
+    # -- the same, queued on a pipeline the caller executes (sync or asyncio: one round trip with its own commands)
+
+    @staticmethod
+    def begin_on(pipe: Any, node_id: str) -> str:
+        """Queue ``begin`` on ``pipe``; returns the token."""
+        token = uuid.uuid4().hex
+        pipe.zadd(INFLIGHT_KEY.format(node_id), {token: time.time()})
+        return token
+
+    @classmethod
+    def end_on(cls, pipe: Any, node_id: str, token: str, *, ok: bool) -> None:
+        """Queue ``end`` on ``pipe``."""
+        pipe.zrem(INFLIGHT_KEY.format(node_id), token)
+        cls._outcome(pipe, node_id, ok)
+
+    @staticmethod
+    def inflight_on(pipe: Any, node_ids: Iterable[str]) -> list[str]:
+        """Queue ``inflight``'s commands on ``pipe``; ``parse_inflight`` reads their replies."""
+        ids = list(node_ids)
+        cutoff = time.time() - MAX_INFLIGHT_AGE
+        for node_id in ids:
+            pipe.zremrangebyscore(INFLIGHT_KEY.format(node_id), "-inf", cutoff)
+            pipe.zcard(INFLIGHT_KEY.format(node_id))
+        return ids
+
+    @staticmethod
+    def parse_inflight(ids: list[str], replies: list[Any]) -> dict[str, int]:
+        """In-flight counts from the replies of ``inflight_on``'s commands (2 per node, in order)."""
+        return {node_id: int(replies[2 * i + 1]) for i, node_id in enumerate(ids)}
 
     def record(self, node_id: str, *, ok: bool) -> None:
         """Record the outcome of one request that was not tracked in flight."""
@@ -80,14 +111,9 @@ class Traffic:
 
     def inflight(self, node_ids: Iterable[str]) -> dict[str, int]:
         """Current in-flight counts (aged-out entries are dropped first)."""
-        ids = list(node_ids)
-        cutoff = time.time() - MAX_INFLIGHT_AGE
         pipe = self.redis.pipeline(transaction=False)
-        for node_id in ids:
-            pipe.zremrangebyscore(INFLIGHT_KEY.format(node_id), "-inf", cutoff)
-            pipe.zcard(INFLIGHT_KEY.format(node_id))
-        replies = pipe.execute()
-        return {node_id: int(replies[2 * i + 1]) for i, node_id in enumerate(ids)}
+        ids = self.inflight_on(pipe, node_ids)
+        return self.parse_inflight(ids, pipe.execute())
 
     def outcomes(self, node_ids: Iterable[str], *, window: int = ERROR_WINDOW) -> dict[str, tuple[int, int]]:
         """(requests, errors) per node over the last ``window`` seconds."""
@@ -108,7 +134,7 @@ class Traffic:
         return result
 
     @staticmethod
-    def _outcome(pipe: redis.client.Pipeline, node_id: str, ok: bool) -> None:
+    def _outcome(pipe: Any, node_id: str, ok: bool) -> None:
         key = OUTCOME_KEY.format(node_id, int(time.time()))
         pipe.hincrby(key, "ok" if ok else "err", 1)
         pipe.expire(key, ERROR_WINDOW * 2)

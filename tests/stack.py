@@ -7,6 +7,7 @@ real subprocesses on the test's own Redis database.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,12 +15,16 @@ import threading
 import time
 from pathlib import Path
 
+from aiohttp import web
+
 from access.keys import ApiKeyStore
 from app import create_app
 from nodepool.rpc import RpcClient
 from nodes.manager import NodeManager
+from nodes.process import free_port
+from rpc.server import make_app
 from services.platform import PLATFORM_KEY
-from settings import ROOT
+from settings import ROOT, Settings
 from tasks.routing import CONTROL_QUEUE, WRITE_QUEUES
 from tests.conftest import child_env, fresh_redis, make_settings, redis_url, start_worker, stop_process, wait_for_worker
 from tests.waiting import wait_for
@@ -46,6 +51,7 @@ class LocalStack:
         self._serve.start()
         self.writers: list[subprocess.Popen[bytes]] = []
         self.others: list[subprocess.Popen[bytes]] = []
+        self._rpc_servers: list[RpcServer] = []
         try:
             self.app = create_app(self.settings)
             self.celery = self.app.extensions["esp.celery"]
@@ -76,6 +82,8 @@ class LocalStack:
         self.writers.clear()
 
     def close(self) -> None:
+        for server in self._rpc_servers:
+            server.close()
         self.stop_writers()
         for proc in self.others:
             stop_process(proc)
@@ -102,6 +110,15 @@ class LocalStack:
         """The API's test client with no key."""
         return self.client(None)
 
+    def serve_rpc(self, **env: str) -> str:
+        """Start the JSON-RPC gateway (``rpc.server``) on a free port, on a loop in a thread; its /rpc URL.
+
+        ``env``: settings of this gateway only (``ESP_RPC_CACHE="0"``, a rate limit). Stopped by ``close()``.
+        """
+        server = RpcServer(make_settings(self.tmp, **{**self.env, **env}))
+        self._rpc_servers.append(server)
+        return server.url
+
     def rpc(self, i: int = 0) -> RpcClient:
         return RpcClient(self.specs[i].url)
 
@@ -120,6 +137,29 @@ class LocalStack:
     def counts(self) -> tuple[list[int], int]:
         """Write queue lengths and task records: what 'nothing was enqueued' compares."""
         return [int(self.redis.llen(q)) for q in WRITE_QUEUES], len(self.redis.keys("esp:task:*"))
+
+
+class RpcServer:
+    """``rpc.server.make_app(settings)`` served on a free loopback port from an event loop in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/rpc"
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(make_app(settings))
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+
+    async def _start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
 
 
 def wait_task(client, task_id: str, timeout: float = 90) -> dict:  # type: ignore[no-untyped-def]

@@ -46,10 +46,10 @@ def _stack_processes(run_dir: str) -> list[psutil.Process]:
 @pytest.fixture
 def stack(tmp_path):
     fresh_redis(DB_E2E)
-    api_port, flower_port = free_port(), free_port()
+    api_port, flower_port, rpc_port = free_port(), free_port(), free_port()
     run_dir = str(tmp_path / "run")
     env = child_env(
-        ESP_REDIS_URL=redis_url(DB_E2E), ESP_API_PORT=str(api_port), ESP_FLOWER_PORT=str(flower_port),
+        ESP_REDIS_URL=redis_url(DB_E2E), ESP_API_PORT=str(api_port), ESP_FLOWER_PORT=str(flower_port), ESP_RPC_PORT=str(rpc_port),
         ESP_RUN_DIR=run_dir, ESP_ADMIN_KEY="e2e-admin-key", ESP_KEYSTORE_DIR=str(tmp_path / "keystore"),
     )
     log = open(tmp_path / "stack.log", "wb")
@@ -66,7 +66,7 @@ def stack(tmp_path):
 
     try:
         wait_for(ready, 60, lambda: "/readyz to answer 200: " + (tmp_path / "stack.log").read_text()[-3000:], interval=0.3)
-        yield proc, base, flower_port, run_dir, tmp_path / "stack.log"
+        yield proc, base, flower_port, run_dir, tmp_path / "stack.log", f"http://127.0.0.1:{rpc_port}/rpc"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -74,7 +74,7 @@ def stack(tmp_path):
 
 
 def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
-    proc, base, flower_port, run_dir, _ = stack
+    proc, base, flower_port, run_dir, _, rpc_url = stack
     status, ready = _get(base + "/readyz")
     assert status == 200
     assert [n["id"] for n in ready["checks"]["nodes"]] == ["node-0", "node-1", "node-2"]
@@ -91,6 +91,12 @@ def test_stack_serves_and_ctrl_c_leaves_nothing(stack):
             return False
 
     wait_for(flower_answers, 30, "Flower to answer", interval=0.3)
+    # The JSON-RPC gateway (the Procfile's rpc line) answers a web3 client's first question.
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}).encode()
+    request = urllib.request.Request(rpc_url, data=body, headers={"Content-Type": "application/json",  # noqa: S310
+                                                                  "Authorization": "Bearer e2e-admin-key"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+        assert json.loads(answer.read()) == {"jsonrpc": "2.0", "id": 1, "result": "0x7a69"}
     assert len([p for p in _stack_processes(run_dir) if p.name() == "anvil"]) == 3
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground process group

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,9 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
-from werkzeug.serving import make_server
 
 from contracts.build import compile_sources, find_node
 from nodepool.rpc import to_int
-from nodes.process import free_port
 from settings import ROOT
 from tests.conftest import DB_RPC_CLIENTS, child_env
 from tests.stack import LocalStack
@@ -87,15 +84,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, anvil_binary: Any) -> Iterat
 
 @pytest.fixture(scope="module")
 def gateway(stack: LocalStack) -> Iterator[str]:
-    """The URL of ``/rpc`` on the stack's API, served over real HTTP from a thread."""
-    port = free_port()
-    server = make_server("127.0.0.1", port, stack.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}/rpc"
-    server.shutdown()
-    thread.join(10)
-    server.server_close()
+    """The URL of ``/rpc`` on the stack's gateway server (``rpc.server``, stopped with the stack)."""
+    yield stack.serve_rpc()
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ from typing import Any
 import pytest
 import requests
 from eth_account import Account
-from werkzeug.serving import make_server
 
 from nodepool.registry import NodeRegistry
 from nodepool.rpc import to_int
 from nodepool.spec import ROLE_LEADER
-from nodes.process import free_port
 from tests.conftest import DB_RPC_FAULTS
 from tests.stack import LocalStack
 from tests.waiting import wait_for
@@ -37,14 +35,9 @@ READERS = 4
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, str, str]]:
     stack = LocalStack(tmp_path_factory.mktemp("rpc-faults"), DB_RPC_FAULTS, name="rpcfaults", writers=1,
                        ESP_DEPLOY_PLATFORM="0", ESP_RPC_REORG_DEPTH="2")
-    port = free_port()
-    server = make_server("127.0.0.1", port, stack.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield stack, f"http://127.0.0.1:{port}/rpc", stack.user_key
+        yield stack, stack.serve_rpc(), stack.user_key
     finally:
-        server.shutdown()
         stack.close()
 
 

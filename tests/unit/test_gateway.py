@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
 
 import pytest
 from eth_account import Account
@@ -125,52 +124,47 @@ def test_cache_keys_ignore_key_order_but_not_values() -> None:
 
 
 def test_identical_calls_in_flight_are_made_once() -> None:
-    inflight = InFlight()
-    made = []
-    gate = threading.Event()
+    async def scenario() -> tuple[list[int], list[tuple[str, bool]], tuple[str, bool]]:
+        inflight = InFlight()
+        made: list[int] = []
+        gate = asyncio.Event()
 
-    def slow() -> str:
-        made.append(1)
-        gate.wait(5)
-        return "answer"
+        async def slow() -> str:
+            made.append(1)
+            await gate.wait()
+            return "answer"
 
-    results: list[tuple[str, bool]] = []
-    threads = [threading.Thread(target=lambda: results.append(inflight.run("k", slow))) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.2)
-    gate.set()
-    for thread in threads:
-        thread.join()
+        waiting = [asyncio.ensure_future(inflight.run("k", slow)) for _ in range(8)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*waiting)
+
+        async def again() -> str:
+            return "again"
+
+        return made, results, await inflight.run("k", again)
+
+    made, results, after = asyncio.run(scenario())
     assert len(made) == 1
     assert sorted(results) == [("answer", False)] + [("answer", True)] * 7
-    assert inflight.run("k", lambda: "again") == ("again", False)  # nothing kept after the call
+    assert after == ("again", False)  # nothing kept after the call
 
 
 def test_a_shared_failure_reaches_every_waiter() -> None:
-    inflight = InFlight()
-    gate = threading.Event()
+    async def scenario() -> list[BaseException | str]:
+        inflight = InFlight()
+        gate = asyncio.Event()
 
-    def failing() -> str:
-        gate.wait(5)
-        raise RuntimeError("node gone")
+        async def failing() -> str:
+            await gate.wait()
+            raise RuntimeError("node gone")
 
-    errors: list[str] = []
+        waiting = [asyncio.ensure_future(inflight.run("k", failing)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        return [str(r) for r in await asyncio.gather(*waiting, return_exceptions=True)]
 
-    def run() -> None:
-        try:
-            inflight.run("k", failing)
-        except RuntimeError as exc:
-            errors.append(str(exc))
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.2)
-    gate.set()
-    for thread in threads:
-        thread.join()
-    assert errors == ["node gone"] * 3
+    assert asyncio.run(scenario()) == ["node gone"] * 3
 
 
 def test_raw_transactions_are_decoded_without_their_sender() -> None:
