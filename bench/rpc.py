@@ -10,9 +10,11 @@ pass block 20, then sends each of
 to four targets, in ONE run on one machine:
 
 - ``direct``: the devnet leader anvil (its URL from ``GET /api/v1/nodes``);
-- ``rpc_cached``: ``POST /rpc`` of the stack's API (ESP_RPC_CACHE=1);
-- ``rpc_uncached``: ``POST /rpc`` of a second API process (the Procfile's gunicorn of
-  ``app:create_app()``, same ESP_ environment, same Redis and nodes, ESP_RPC_CACHE=0);
+- ``rpc_cached``: ``POST /rpc`` of the stack's JSON-RPC gateway (``rpc.server``, the Procfile's
+  ``rpc`` line: gunicorn with ``gunicorn_rpc.conf.py``, ESP_RPC_PROCESSES aiohttp workers;
+  ESP_RPC_CACHE=1), at ``RunningStack.rpc_url``;
+- ``rpc_uncached``: ``POST /rpc`` of a second gateway server (the same command on a port and a run
+  folder of its own, same ESP_ environment, same Redis and nodes, ESP_RPC_CACHE=0);
 - ``control``: ``bench.rpc_control``, a thesis-style Flask + web3.py app calling the leader
   synchronously, one node call per request, under gunicorn in the best of a few configurations
   tried first (``--control`` picks one and skips the trial).
@@ -53,7 +55,7 @@ from eth_account import Account
 from bench.rpc_control import ControlServer, balance_of_data
 from bench.stack import RESULTS, RunningStack, esp_setting, percentile
 from nodes.process import free_port
-from settings import DEV_TREASURY_KEY, ROOT
+from settings import DEV_TREASURY_KEY, ROOT, Settings
 
 OUT = RESULTS / "rpc"
 TARGETS = ("direct", "rpc_cached", "rpc_uncached", "control")
@@ -69,7 +71,7 @@ DEEP_BLOCK = 1
 MIN_HEAD = 20
 #: gunicorn configurations of the control tried before the matrix (worker class, workers, threads).
 CONTROL_CONFIGS: tuple[tuple[str, int, int], ...] = (("gthread", 2, 16), ("gthread", 4, 8), ("sync", 4, 1))
-#: The stack's per-key limit on /rpc for the run (both API processes count against it, in the same Redis).
+#: The stack's per-key limit on /rpc for the run (both gateway servers count against it, in the same Redis).
 RPC_RATE_LIMIT = "100000000 per minute"
 #: The issue's targets: uncached ÷ control at c=64 at least, cached ÷ direct at least, added p50 at c=1 at most (ms).
 TARGET_VS_CONTROL = 2.0
@@ -187,6 +189,9 @@ def markdown(figures: Mapping[str, Any]) -> str:
     index = {(c["target"], c["method"], c["concurrency"]): c for c in cells}
     targets = [t for t in TARGETS if any(c["target"] == t for c in cells)]
     machine = figures["machine"]
+    gateway = figures.get("gateway") or {}
+    processes = gateway.get("processes")
+    titles = {t: TARGET_TITLES[t] + (f" ({processes} proc)" if processes and t.startswith("rpc_") else "") for t in targets}
     lines = [
         f"# JSON-RPC read path, {figures['started_at']}",
         "",
@@ -195,12 +200,16 @@ def markdown(figures: Mapping[str, Any]) -> str:
         f"{figures['setup']}",
         f"Load average (1, 5, 15 min) before / after the cells: {machine.get('loadavg_1_5_15', {}).get('before')} / "
         f"{machine.get('loadavg_1_5_15', {}).get('after')} (the machine is shared; the stack's own processes count too).",
+        f"Gateway: {gateway.get('server') or '—'}, ESP_RPC_PROCESSES={processes if processes is not None else '—'} "
+        f"per server (cache on: the stack's; cache off: a second server)"
+        + (f"; workers seen under the cache-off server: {gateway['workers_seen_uncached']}"
+           if gateway.get("workers_seen_uncached") is not None else "") + ".",
         f"Control: {figures['control']['config'] or '—'} ({figures['control']['why']}).",
         "",
         "Each cell: requests/s · p50 ms · p99 ms (errors and cuts are marked). Requests per cell: "
         + ", ".join(f"c={c}: {n}" for c, n in figures["requests_per_cell"].items()) + ".",
         "",
-        "| method | c | " + " | ".join(TARGET_TITLES[t] for t in targets) + " |",
+        "| method | c | " + " | ".join(titles[t] for t in targets) + " |",
         "|---|---|" + "---|" * len(targets),
     ]
     for method in METHODS:
@@ -359,23 +368,31 @@ def token_address(stack: RunningStack) -> str | None:
     return (body.get("platform") or {}).get("PlatformToken") if status == 200 else None
 
 
-class SecondApi:
-    """One more API process as the Procfile starts it (gunicorn with gunicorn.conf.py), on its own port."""
+class SecondGateway:
+    """One more JSON-RPC gateway server as the Procfile's ``rpc`` line starts it (gunicorn with gunicorn_rpc.conf.py), on its own port."""
 
-    def __init__(self, environment: Mapping[str, str], log_path: Path, **env: str) -> None:
+    def __init__(self, environment: Mapping[str, str], log_path: Path, key: str, **env: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}/rpc"
         self.log_path = log_path
-        child = {**environment, "ESP_API_PORT": str(self.port), **env}
+        child = {**environment, "ESP_RPC_PORT": str(self.port), **env}
         self.log = open(log_path, "ab")
-        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "--config", "gunicorn.conf.py", "app:create_app()"],
+        self.proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "gunicorn"), "--config", "gunicorn_rpc.conf.py",
+                                      "rpc.server:make_app()"],
                                      cwd=ROOT, env=child, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for("the second API's /readyz", lambda: self.proc.poll() is None
-                     and requests.get(self.url + "/readyz", timeout=2).status_code == 200, 60, 0.3)
+            wait_for("the second gateway's eth_blockNumber", lambda: self.proc.poll() is None
+                     and rpc_call(self.url, "eth_blockNumber", [], key, timeout=2), 60, 0.3)
         except BaseException:
             self.close()
             raise
+
+    def workers(self) -> int:
+        """How many worker processes gunicorn runs under this server now."""
+        try:
+            return len(Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split())
+        except OSError:
+            return 0
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -457,11 +474,14 @@ def main() -> None:
     control: dict[str, Any] = {"config": None, "why": "not run", "trials": []}
     agreement: dict[str, Any] = {}
     load: dict[str, list[float]] = {}
+    gateway: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="esp-bench-rpc-") as tmp:
         run_dir = Path(tmp)
         # One client key sends every request: the per-key limit on /rpc must not be what this measures.
         stack = RunningStack(run_dir, ESP_RPC_CACHE="1", ESP_RPC_RATE_LIMIT=RPC_RATE_LIMIT, **dict(args.esp_env))
-        second: SecondApi | None = None
+        processes = Settings.from_env(stack.environment).rpc_processes
+        gateway.update({"server": "rpc.server (aiohttp) under gunicorn, gunicorn_rpc.conf.py", "processes": processes})
+        second: SecondGateway | None = None
         server: ControlServer | None = None
         try:
             print(f"stack up on {stack.base}; waiting for the platform token, the leader and block {MIN_HEAD}", flush=True)
@@ -469,18 +489,21 @@ def main() -> None:
             node = wait_for("the devnet leader", lambda: leader_url(stack), 60)
             wait_for(f"block {MIN_HEAD}", lambda: int(rpc_call(node, "eth_blockNumber", []), 16) > MIN_HEAD, 120)
             offset = stack.log_size()
-            urls = {"direct": node, "rpc_cached": stack.base + "/rpc"}
+            urls = {"direct": node, "rpc_cached": stack.rpc_url}
             if {"rpc_cached", "rpc_uncached"} & set(targets):
-                probe = requests.post(stack.base + "/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
-                                      headers={"Authorization": f"Bearer {stack.key}"}, timeout=10)
-                if probe.status_code == 404:
-                    notes.append("POST /rpc answered 404: the gateway is not in this checkout; its targets were skipped")
+                if not (ROOT / "rpc" / "server.py").exists():
+                    notes.append("rpc/server.py is not in this checkout: the gateway's targets were skipped")
                     targets = [t for t in targets if not t.startswith("rpc_")]
+                else:
+                    wait_for("the stack's gateway (eth_blockNumber on rpc_url)",
+                             lambda: rpc_call(stack.rpc_url, "eth_blockNumber", [], stack.key, timeout=2), 60)
             if "rpc_uncached" in targets:
-                # A run folder of its own: gunicorn.conf.py empties the metrics folder under it when a server starts.
-                second = SecondApi(stack.environment, run_dir / "api-uncached.log", ESP_RPC_CACHE="0",
-                                   ESP_RUN_DIR=str(run_dir / "api-uncached"))
-                urls["rpc_uncached"] = second.url + "/rpc"
+                # A run folder of its own: gunicorn_rpc.conf.py empties <run_dir>/prometheus-rpc when a server starts.
+                uncached_dir = run_dir / "rpc-uncached"
+                uncached_dir.mkdir(parents=True, exist_ok=True)
+                second = SecondGateway(stack.environment, run_dir / "rpc-uncached.log", stack.key, ESP_RPC_CACHE="0",
+                                       ESP_RUN_DIR=str(uncached_dir))
+                urls["rpc_uncached"] = second.url
             if "control" in targets:
                 control_count = 500 if args.quick else 2000
                 if args.control:
@@ -504,6 +527,8 @@ def main() -> None:
                         cells.append(cell)
                         print(f"  {target:13} {method:21} c={concurrency:<3} {cell_text(cell)}", flush=True)
             load["after"] = [round(x, 2) for x in os.getloadavg()]
+            if second is not None:
+                gateway["workers_seen_uncached"] = second.workers()
             head = int(rpc_call(node, "eth_blockNumber", []), 16)
             problems = stack.problems_since(offset)
             if problems["count"]:
@@ -516,10 +541,12 @@ def main() -> None:
             stack.close()
     figures: dict[str, Any] = {
         "started_at": started_at, "machine": {**machine(), "loadavg_1_5_15": load}, "commit": git("rev-parse", "--short", "HEAD"),
-        "gateway_commit": git("log", "-1", "--format=%h", "--", "app/rpc.py") or None,
+        "gateway_commit": git("log", "-1", "--format=%h", "--", "rpc", "gateway", "gunicorn_rpc.conf.py") or None,
+        "gateway": gateway,
         "setup": ("The stack: `scripts/up.sh`, 3 anvil nodes on one chain (1 s blocks), the platform deployed, the API "
-                  "(gunicorn gthread 2 processes x ESP_API_WORKERS threads) on a private Redis; a second API process of "
-                  "the same command with ESP_RPC_CACHE=0; one aiohttp asyncio client (keep-alive, one connection per "
+                  "(gunicorn gthread 2 processes x ESP_API_WORKERS threads) and the JSON-RPC gateway (rpc.server: gunicorn "
+                  f"with aiohttp workers, ESP_RPC_PROCESSES={gateway.get('processes')}) on a private Redis; a second gateway "
+                  "server of the same command with ESP_RPC_CACHE=0; one aiohttp asyncio client (keep-alive, one connection per "
                   "concurrent request) in the benchmark's process; all on loopback and on the same cores. The direct "
                   "figures are bounded by this Python client (anvil alone answers ~70k/s with wrk here), so they "
                   "understate the node and cached ÷ direct overstates the gateway. "

@@ -89,8 +89,10 @@ def test_markdown_has_every_cell_and_the_errors() -> None:
     figures = {"started_at": "2026-11-28T00:00:00Z", "commit": "abc1234", "gateway_commit": "def5678", "setup": "loopback.",
                "machine": {"cores": 2, "ram_gib": 23.5, "cpu": "test cpu", "python": "3.11", "loadavg_1_5_15": {}},
                "control": {"config": "gthread 2x16", "why": "given"}, "requests_per_cell": {"1": 25, "16": 100, "64": 100},
+               "gateway": {"server": "rpc.server", "processes": 2, "workers_seen_uncached": 2},
                "cells": cells, "ratios": ratios(cells), "notes": ["a note"]}
     text = markdown(figures)
+    assert "| /rpc cache on (2 proc) | /rpc cache off (2 proc) |" in text and "ESP_RPC_PROCESSES=2" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| eth_")]
     assert len(table_rows) == 2 * 3 + 2  # a row per method and concurrency, then one ratio row per method
     assert "JSON-RPC -32603: internal x5" in text and "- a note" in text and "3.00 ✓" in text
