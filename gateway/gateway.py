@@ -16,10 +16,12 @@ before null is believed. Answers that cannot change are cached (``gateway.cache`
 protocol (``wallet.broadcast``, in a thread): the pool's block producer first, then the balancer's
 write order.
 
-The gateway runs on an asyncio loop (``rpc.server``): a request's Redis reads are one pipelined round
-trip before any node is asked (``Context``), what it writes afterwards (in-flight end, cache, what the
-caller was shown) goes in one more that the answer does not wait for, and node calls share one
-aiohttp session. Measured on this machine, the same gateway under Flask and gunicorn cost ~5 ms of
+The gateway runs on an asyncio loop (``rpc.server``). The pool's state (the devnet's sync status,
+breaker marks, in-flight counts) is read by each process every SHARED_EVERY seconds, not per request;
+a request's own Redis reads (what its caller was last shown, cached answers) are one pipelined round
+trip; what it writes (its node call's in-flight mark and outcome, cache entries, what the caller was
+shown) is queued and sent every FLUSH_EVERY seconds in one round trip for all requests. Node calls
+share one aiohttp session. Measured on this machine, the same gateway under Flask and gunicorn cost ~5 ms of
 CPU per request (bench.rpc): the framework and ~7 Redis round trips, more than a node's answer.
 """
 
@@ -27,12 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import redis
 import redis.asyncio as aioredis
 
 from access.keys import Caller
@@ -57,6 +61,8 @@ from settings import Settings
 from wallet.broadcast import Broadcast, broadcast
 from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 
+log = logging.getLogger(__name__)
+
 # JSON-RPC 2.0 error codes, and the implementation-defined ones ESP answers with.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -73,6 +79,12 @@ SEEN_KEY = "esp:rpc:seen:{}"
 SEEN_TTL = 60
 #: Seconds after a raw transaction during which the caller's ``pending`` reads go to the node that took it.
 READ_OWN_WRITE_FOR = 30.0
+#: Seconds between two reads of the pool's state (sync status, breaker marks, in-flight counts) per process.
+SHARED_EVERY = 0.05
+#: A state older than this (the refresher stalled) is read again by the request that finds it.
+STALE_SHARED = 1.0
+#: Seconds between two sends of the writes requests queued.
+FLUSH_EVERY = 0.005
 #: Seconds between two reads of the pool's chain id from the registry.
 CHAIN_RECHECK = 30.0
 #: By-hash lookups whose null answer is checked with the nodes furthest ahead before it is believed.
@@ -135,6 +147,19 @@ class Deferred:
         return lambda *args, **kwargs: self.commands.append((name, args, kwargs))
 
 
+@dataclass(frozen=True)
+class Shared:
+    """The pool's state as this process last read it (every SHARED_EVERY seconds): what routing needs."""
+
+    view: PlacementView
+    sync: Mapping[str, Mapping[str, Any]]
+    blocked: set[str]
+    inflight: dict[str, int]
+    heads: dict[str, int]
+    pool_head: int | None
+    read_at: float
+
+
 @dataclass
 class Context:
     """What one request (or batch) read from Redis first, in one round trip, and what it writes after answering."""
@@ -147,6 +172,7 @@ class Context:
     inflight: dict[str, int]
     heads: dict[str, int]
     pool_head: int | None
+    #: Where the request queues its writes: the gateway's queue, sent every FLUSH_EVERY seconds.
     after: Deferred = field(default_factory=Deferred)
 
 
@@ -177,7 +203,9 @@ class Gateway:
         self._chains: dict[tuple[str, int], int] = {}
         self._chain: int | None = None
         self._chain_read_at = -CHAIN_RECHECK
-        self._background: set[asyncio.Task[Any]] = set()
+        self._shared: Shared | None = None
+        #: Writes requests queue (the in-flight marks of their node calls included), sent by ``run`` every FLUSH_EVERY.
+        self._writes = Deferred()
 
     # -- the body ----------------------------------------------------------------------------------
 
@@ -201,24 +229,21 @@ class Gateway:
             return [c if isinstance(c, dict) else None for c in calls]
         context = await self._context(caller, list(keys.values()))
         replies: list[dict[str, Any] | None] = []
-        try:
-            for i, call in enumerate(calls):
-                if not isinstance(call, Call):
-                    replies.append(call)
-                    continue
-                started = time.perf_counter()
-                try:
-                    result = await self._dispatch(call, caller, context, keys.get(i))
-                    reply: dict[str, Any] = {"jsonrpc": "2.0", "id": call.id, "result": result}
-                    outcome = "ok"
-                except RpcFault as fault:
-                    reply = error_reply(call.id, fault)
-                    outcome = "error"
-                metrics.REQUESTS.labels(call.method.name, outcome).inc()
-                metrics.LATENCY.labels(call.method.name).observe(time.perf_counter() - started)
-                replies.append(None if call.notification else reply)
-        finally:
-            self._after(context)
+        for i, call in enumerate(calls):
+            if not isinstance(call, Call):
+                replies.append(call)
+                continue
+            started = time.perf_counter()
+            try:
+                result = await self._dispatch(call, caller, context, keys.get(i))
+                reply: dict[str, Any] = {"jsonrpc": "2.0", "id": call.id, "result": result}
+                outcome = "ok"
+            except RpcFault as fault:
+                reply = error_reply(call.id, fault)
+                outcome = "error"
+            metrics.REQUESTS.labels(call.method.name, outcome).inc()
+            metrics.LATENCY.labels(call.method.name).observe(time.perf_counter() - started)
+            replies.append(None if call.notification else reply)
         return replies
 
     def _check(self, item: Any, caller: Caller) -> Call | dict[str, Any]:
@@ -248,44 +273,67 @@ class Gateway:
         return self.config.cache.enabled and call.method.kind is Kind.READ and may_be_cached(call.method)
 
     async def _context(self, caller: Caller, cache_keys: list[str]) -> Context:
+        """What this request needs from Redis: the pool's state (this process's, refreshed every SHARED_EVERY
+        seconds by ``run``), and in one round trip what the caller was last shown and the cached answers."""
+        shared = self._shared
+        if shared is None or time.monotonic() - shared.read_at > STALE_SHARED:
+            shared = await self._refresh()  # not started, or the refresher stalled: read it now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(SEEN_KEY.format(caller.key_id))
+        if cache_keys:
+            pipe.mget(cache_keys)
+        replies = await pipe.execute()
+        cached = {k: v for k, v in zip(cache_keys, replies[1], strict=True) if v is not None} if cache_keys else {}
+        seen = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (replies[0] or {}).items()}
+        return Context(shared.view, shared.sync, set(shared.blocked), seen, cached, dict(shared.inflight),
+                       dict(shared.heads), shared.pool_head, self._writes)
+
+    async def _refresh(self) -> Shared:
+        """Read the pool's state: the devnet's sync status, breaker marks, in-flight counts (and send queued writes)."""
         if self.placement.needs_refresh():
             await asyncio.to_thread(self.placement.view)  # once per monitor interval, off the loop
         view = self.placement.view()
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(SYNC_KEY)
         pipe.hgetall(BREAKERS_KEY)
-        pipe.hgetall(SEEN_KEY.format(caller.key_id))
         ids = Traffic.inflight_on(pipe, view.specs)
-        if cache_keys:
-            pipe.mget(cache_keys)
         self.breakers.flush_on(pipe)
         replies = await pipe.execute()
-        raw_sync, raw_breakers, raw_seen = replies[:3]
-        inflight = Traffic.parse_inflight(ids, replies[3:3 + 2 * len(ids)])
-        found = replies[3 + 2 * len(ids)] if cache_keys else []
-        cached = {k: v for k, v in zip(cache_keys, found, strict=True) if v is not None}
-        sync = parse_sync_statuses(raw_sync)
-        blocked = self.breakers.blocked(raw_breakers) | set(view.overrides)
-        seen = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (raw_seen or {}).items()}
+        sync = parse_sync_statuses(replies[0])
+        blocked = self.breakers.blocked(replies[1]) | set(view.overrides)
         heads = self.heads.known(view.specs, view.snapshot, sync)
-        head = pool_head(heads, healthy(view.specs, view.snapshot, sync, exclude=blocked))
-        return Context(view, sync, blocked, seen, cached, inflight, heads, head)
+        shared = Shared(view, sync, blocked, Traffic.parse_inflight(ids, replies[2:2 + 2 * len(ids)]), heads,
+                        pool_head(heads, healthy(view.specs, view.snapshot, sync, exclude=blocked)), time.monotonic())
+        self._shared = shared
+        return shared
 
-    def _after(self, context: Context) -> None:
-        """Send what the request writes (in-flight ends, cache, what the caller was shown) without waiting for it."""
-        if not context.after.commands:
+    async def _flush(self) -> None:
+        """Send the writes requests queued (in-flight marks, outcomes, cache, what callers were shown): one round trip."""
+        commands, self._writes.commands = self._writes.commands, []
+        if not commands:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for name, args, kwargs in context.after.commands:
+        for name, args, kwargs in commands:
             getattr(pipe, name)(*args, **kwargs)
-        task = asyncio.ensure_future(pipe.execute())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await pipe.execute()
+
+    async def run(self) -> None:
+        """Keep this process's view of the pool fresh and send queued writes, until cancelled (``rpc.server``)."""
+        last_refresh = 0.0
+        while True:
+            try:
+                await self._flush()
+                if time.monotonic() - last_refresh >= SHARED_EVERY:
+                    await self._refresh()
+                    last_refresh = time.monotonic()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("gateway refresh: Redis: %s", exc)
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(FLUSH_EVERY)
 
     async def drain(self) -> None:
-        """Wait for the writes still in flight (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Send the writes still queued (at shutdown)."""
+        await self._flush()
 
     # -- one request ---------------------------------------------------------------------------------
 
@@ -385,14 +433,12 @@ class Gateway:
         spec = self.placement.cached_spec(node_id)
         client = self._client(spec)
         await self._check_chain(spec, client)
-        begin = self.redis.pipeline(transaction=False)
-        token = Traffic.begin_on(begin, node_id)
+        token = Traffic.begin_on(context.after, node_id)  # visible to the balancer within FLUSH_EVERY
         context.inflight[node_id] = context.inflight.get(node_id, 0) + 1
         ok = False
         started = time.perf_counter()
         try:
-            _, result = await asyncio.gather(begin.execute(), self.breakers.call(
-                node_id, lambda: client.call(method, params, timeout=timeout)))
+            result = await self.breakers.call(node_id, lambda: client.call(method, params, timeout=timeout))
             ok = True
             metrics.NODE_CALLS.labels(method, node_id, "ok").inc()
             return result

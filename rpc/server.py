@@ -19,6 +19,7 @@ Keys are looked up in Redis and remembered for AUTH_CACHE_SECONDS: a revoked key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -90,9 +91,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state["limits"] = parse_many(settings.rpc_rate_limit)
     storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix=LIMIT_PREFIX)
     state["limiter"] = SlidingWindowCounterRateLimiter(storage)
+    refresher = asyncio.create_task(app[GATEWAY].run())
     try:
         yield
     finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
         await app[GATEWAY].drain()
         await session.close()
         await aredis.aclose()

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from eth_account import Account
 
+from errors import NodeUnreachable, RpcError
+from gateway.breakers import Breakers
 from gateway.cache import CachePolicy, InFlight, cache_key
 from gateway.heads import Heads, at_least, pool_head
 from gateway.kept import decode_raw
@@ -180,3 +182,55 @@ def test_raw_transactions_are_decoded_without_their_sender() -> None:
     for bad in ("0x", "0xc0", "0x02c0", "0xzz"):
         with pytest.raises(InvalidParams):
             decode_raw(bad)
+
+
+def test_a_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> None:
+    now = [1000.0]
+
+    class Marks:
+        def __init__(self) -> None:
+            self.commands: list[tuple[str, tuple[object, ...]]] = []
+
+        def hset(self, *args: object) -> None:
+            self.commands.append(("hset", args))
+
+        def hdel(self, *args: object) -> None:
+            self.commands.append(("hdel", args))
+
+    async def scenario() -> None:
+        breakers = Breakers(fail_max=3, reset_timeout=0.2, clock=lambda: now[0])
+
+        async def dead() -> str:
+            raise NodeUnreachable("refused", node_id="node-1")
+
+        async def alive() -> str:
+            return "0x1"
+
+        async def reverting() -> str:
+            raise RpcError(3, "execution reverted", "0xdeadbeef")
+
+        for _ in range(5):  # an error answer is the node working: it never opens the breaker
+            with pytest.raises(RpcError):
+                await breakers.call("node-1", reverting)
+        assert breakers.blocked() == set()
+        for _ in range(3):
+            with pytest.raises(NodeUnreachable):
+                await breakers.call("node-1", dead)
+        assert breakers.blocked() == {"node-1"}
+        with pytest.raises(NodeUnreachable, match="circuit breaker open"):
+            await breakers.call("node-1", alive)  # open: not even tried
+        marks = Marks()
+        breakers.flush_on(marks)
+        assert marks.commands and marks.commands[0][0] == "hset" and marks.commands[0][1][1] == "node-1"
+        # Another process's mark keeps this one off the node too, until its time.
+        assert breakers.blocked({b"node-2": str(now[0] + 5)}) == {"node-1", "node-2"}
+        assert breakers.blocked({b"node-2": str(now[0] - 5)}) == {"node-1"}
+        now[0] += 1.0
+        await asyncio.sleep(0.25)  # purgatory's own clock: past the reset timeout, one probe goes through
+        assert await breakers.call("node-1", alive) == "0x1"
+        assert breakers.blocked() == set()
+        marks = Marks()
+        breakers.flush_on(marks)
+        assert marks.commands == [("hdel", ("esp:rpc:breakers", "node-1"))]
+
+    asyncio.run(scenario())
