@@ -162,16 +162,14 @@ class Shared:
 
 @dataclass
 class Context:
-    """What one request (or batch) read from Redis first, in one round trip, and what it writes after answering."""
+    """One request's (or batch's) view: the pool's state, what its caller was shown, cached answers, and where it
+    queues its writes. ``inflight`` and ``heads`` are its own copies: it counts its calls and waits for heads."""
 
-    view: PlacementView
-    sync: Mapping[str, Mapping[str, Any]]
-    blocked: set[str]
+    shared: Shared
     seen: dict[str, Any]
     cached: dict[str, Any]
     inflight: dict[str, int]
     heads: dict[str, int]
-    pool_head: int | None
     #: Where the request queues its writes: the gateway's queue, sent every FLUSH_EVERY seconds.
     after: Deferred = field(default_factory=Deferred)
 
@@ -285,8 +283,7 @@ class Gateway:
         replies = await pipe.execute()
         cached = {k: v for k, v in zip(cache_keys, replies[1], strict=True) if v is not None} if cache_keys else {}
         seen = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (replies[0] or {}).items()}
-        return Context(shared.view, shared.sync, set(shared.blocked), seen, cached, dict(shared.inflight),
-                       dict(shared.heads), shared.pool_head, self._writes)
+        return Context(shared, seen, cached, dict(shared.inflight), dict(shared.heads), self._writes)
 
     async def _refresh(self) -> Shared:
         """Read the pool's state: the devnet's sync status, breaker marks, in-flight counts (and send queued writes)."""
@@ -352,7 +349,7 @@ class Gateway:
         result, shared = await self.inflight.run(key, lambda: self._read(call, caller, context, need))
         metrics.CACHE.labels(call.method.name, "shared" if shared else "miss").inc()
         if not shared:
-            ttl = self.config.cache.ttl(call.method, need, result, context.pool_head)
+            ttl = self.config.cache.ttl(call.method, need, result, context.shared.pool_head)
             if ttl is not None:
                 context.after.set(key, json.dumps(result, separators=(",", ":")), px=int(ttl * 1000))
         return result
@@ -362,8 +359,8 @@ class Gateway:
         seen_block = int(context.seen.get("block", -1))
         required: int | None = None
         if need.at_head:
-            required = max(context.pool_head if context.pool_head is not None else -1, seen_block)
-        elif need.number is not None and (context.pool_head is None or need.number <= max(context.pool_head, seen_block)):
+            required = max(context.shared.pool_head if context.shared.pool_head is not None else -1, seen_block)
+        elif need.number is not None and (context.shared.pool_head is None or need.number <= max(context.shared.pool_head, seen_block)):
             required = need.number
         first = self._own_write_node(call, context)
         node_id, result = await self._ask(name, params, context, required=required, first=first)
@@ -382,7 +379,7 @@ class Gateway:
         at = float(context.seen.get("at", 0))
         block_at = call.method.block_at
         pending = block_at is not None and block_at < len(call.params) and call.params[block_at] == "pending"
-        if node_id and pending and time.time() - at < READ_OWN_WRITE_FOR and node_id not in context.blocked:
+        if node_id and pending and time.time() - at < READ_OWN_WRITE_FOR and node_id not in context.shared.blocked:
             return str(node_id)
         return None
 
@@ -403,7 +400,7 @@ class Gateway:
                     # No node has the block yet: a follower imports it within moments. Past half the deadline, any node.
                     await asyncio.sleep(0.05)
                     sync = parse_sync_statuses(await self.redis.hgetall(SYNC_KEY))
-                    context.heads.update(self.heads.known(context.view.specs, context.view.snapshot, sync))
+                    context.heads.update(self.heads.known(context.shared.view.specs, context.shared.view.snapshot, sync))
                     if time.monotonic() - started > self.config.deadline / 2:
                         required = None
                     continue
@@ -419,14 +416,14 @@ class Gateway:
     def _choose(self, context: Context, required: int | None, tried: set[str]) -> str | None:
         behind: set[str] = set()
         if required is not None:
-            behind = set(context.view.specs) - at_least(context.heads, required)
-        exclude = frozenset(tried | context.blocked | behind)
+            behind = set(context.shared.view.specs) - at_least(context.heads, required)
+        exclude = frozenset(tried | context.shared.blocked | behind)
         try:
             return self.placement.choose(TaskKind.READ, exclude=exclude, inflight=context.inflight).node_id
         except NoHealthyNode:
             pass
         # The balancer has no node for it (zones, LBH pause): any registered node that may answer, furthest ahead first.
-        left = [n for n in context.view.specs if n not in exclude]
+        left = [n for n in context.shared.view.specs if n not in exclude]
         return max(left, key=lambda n: context.heads.get(n, -1)) if left else None
 
     async def _call(self, node_id: str, method: str, params: list[Any], timeout: float, context: Context) -> Any:
@@ -480,7 +477,7 @@ class Gateway:
 
     async def _ask_ahead(self, method: str, params: list[Any], context: Context, *, asked: str) -> tuple[str, Any]:
         """A by-hash lookup answered null: ask the other nodes, furthest ahead first, before believing it."""
-        others = sorted((n for n in context.view.specs if n != asked and n not in context.blocked),
+        others = sorted((n for n in context.shared.view.specs if n != asked and n not in context.shared.blocked),
                         key=lambda n: -context.heads.get(n, -1))
         for node_id in others[:2]:
             try:
@@ -550,12 +547,12 @@ class Gateway:
         """Where raw bytes go: the pool's block producer first (a devnet's leader: followers only relay), then
         the nodes the balancer would take writes on, best first; nodes left alone by their breaker last."""
         producer = self._producer(context)
-        specs = sorted(context.view.specs.values(), key=lambda s: (s.id != producer, s.id in context.blocked,
+        specs = sorted(context.shared.view.specs.values(), key=lambda s: (s.id != producer, s.id in context.shared.blocked,
                                                                    not self.placement.is_eligible(s.id, TaskKind.CALL), s.id))
         return [self.pool.rpc(spec) for spec in specs]
 
     def _producer(self, context: Context) -> str | None:
-        return next((s.id for s in context.view.specs.values() if s.role == ROLE_LEADER), None)
+        return next((s.id for s in context.shared.view.specs.values() if s.role == ROLE_LEADER), None)
 
     async def _resend_kept(self, tx_hash: str, context: Context) -> None:
         raw = await self.redis.get(KEPT_KEY_FORMAT.format(tx_hash.lower()))
