@@ -16,28 +16,18 @@ so nothing is read from the environment)::
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
-from types import TracebackType
 
-import requests
 from eth_typing import ChecksumAddress, HexStr
 from flask import Flask, Response, jsonify
 from web3 import Web3
 
-from nodes.process import free_port
-from settings import ROOT, child_environment
+from bench.gunicorn_server import GunicornServer
 
 #: balanceOf(address): the 4-byte selector of the ERC-20 view the control and the benchmark call.
 BALANCE_OF = "0x70a08231"
-#: Seconds the control may take to answer /healthz after its start; a node call's timeout.
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+#: Seconds a node call of the control may take.
 NODE_TIMEOUT = 10.0
-#: Longer than the client's keep-alive use within a cell; as the API's gunicorn.conf.py.
-KEEP_ALIVE = 10
 
 
 def balance_of_data(holder: str) -> str:
@@ -79,74 +69,15 @@ def create_app(node_url: str, token: str, holder: str) -> Flask:
     return app
 
 
-class ControlServer:
+class ControlServer(GunicornServer):
     """``create_app`` under gunicorn (``python -m gunicorn``) on a free loopback port; ``close()`` stops it.
 
     ``worker_class`` is ``gthread`` (``workers`` x ``threads``) or ``sync`` (``workers``).
     """
 
+    name = "the control"
+
     def __init__(self, node_url: str, token: str, holder: str, log_path: Path, *, worker_class: str = "gthread",
                  workers: int = 2, threads: int = 16) -> None:
-        if worker_class not in ("gthread", "sync"):
-            raise ValueError(f"worker_class must be gthread or sync, not {worker_class!r}")
-        self.factory = f"bench.rpc_control:create_app({node_url!r}, {token!r}, {holder!r})"
-        self.worker_class, self.workers, self.threads = worker_class, workers, threads
-        self.log_path = log_path
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def label(self) -> str:
-        """The configuration, e.g. ``gthread 2x16``."""
-        return f"gthread {self.workers}x{self.threads}" if self.worker_class == "gthread" else f"sync {self.workers}"
-
-    def command(self) -> list[str]:
-        """The gunicorn command line."""
-        cmd = [sys.executable, "-m", "gunicorn", "--worker-class", self.worker_class, "--workers", str(self.workers),
-               "--bind", f"127.0.0.1:{self.port}", "--keep-alive", str(KEEP_ALIVE), "--graceful-timeout", "5",
-               "--backlog", "4096", "--log-level", "warning"]
-        if self.worker_class == "gthread":
-            cmd += ["--threads", str(self.threads)]
-        return [*cmd, self.factory]
-
-    def start(self) -> ControlServer:
-        """Start gunicorn and wait until /healthz answers (RuntimeError with the log's tail otherwise)."""
-        self.port = free_port()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, env=child_environment(), start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        with requests.Session() as session:
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    if session.get(self.url + "/healthz", timeout=1.0).ok:
-                        return self
-                except requests.RequestException:
-                    pass
-                time.sleep(0.05)
-        self.close()
-        tail = " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-5:])
-        raise RuntimeError(f"the control ({self.label}) did not answer /healthz on {self.url}: {tail}")
-
-    def close(self) -> None:
-        """SIGTERM to the gunicorn master (it stops its workers); SIGKILL after STOP_TIMEOUT."""
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
-
-    def __enter__(self) -> ControlServer:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        super().__init__(f"bench.rpc_control:create_app({node_url!r}, {token!r}, {holder!r})", log_path,
+                         worker_class=worker_class, workers=workers, threads=threads)
