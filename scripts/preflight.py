@@ -28,6 +28,7 @@ def check() -> list[str]:
             check_static_node(NodeSpec(id=f"node-{i}", url=url, backend="static"), timeout=settings.probe_timeout * 3)
     for name, host, port in (
         ("ESP_API_PORT", settings.api_host, settings.api_port),
+        ("ESP_RPC_PORT", settings.rpc_host, settings.rpc_port),
         ("ESP_FLOWER_PORT", "127.0.0.1", settings.flower_port),
     ):
         if not port_is_free(host, port):
@@ -40,6 +41,7 @@ def check() -> list[str]:
                 )
     return [
         f"API      http://{settings.api_host}:{settings.api_port}  (/readyz, /api/v1/nodes)",
+        f"JSON-RPC http://{settings.rpc_host}:{settings.rpc_port}/rpc  (any web3 client, with an API key)",
         f"Flower   http://127.0.0.1:{settings.flower_port}",
         f"Redis    {settings.redis_url}",
         f"Nodes    {settings.node_count if settings.managed_nodes else len(settings.node_urls)} x {settings.node_backend}"

@@ -63,14 +63,15 @@ def test_node_url_that_is_not_json_rpc(tmp_path, html_server):
     assert_one_clear_line(result, "ESP_NODE_URLS", html_server, "not a working Ethereum JSON-RPC endpoint")
 
 
-def test_api_port_in_use(tmp_path):
+@pytest.mark.parametrize("variable", ["ESP_API_PORT", "ESP_RPC_PORT"])
+def test_a_port_in_use(tmp_path, variable):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
         result = run_module("scripts.preflight", ESP_REDIS_URL=redis_url(DB_FOUNDATION), ESP_RUN_DIR=str(tmp_path),
-                            ESP_API_PORT=str(port))
-    assert_one_clear_line(result, f"port {port}", "ESP_API_PORT")
+                            **{variable: str(port)})
+    assert_one_clear_line(result, f"port {port}", variable)
 
 
 def test_anvil_missing(tmp_path):
