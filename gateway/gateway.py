@@ -77,6 +77,8 @@ LIMIT_EXCEEDED = -32005
 #: What a caller was last shown, for reading its own writes: ``{"block": n, "node": id, "at": t}``.
 SEEN_KEY = "esp:rpc:seen:{}"
 SEEN_TTL = 60
+#: Keys whose "shown" record a process keeps in memory as well.
+MAX_SEEN_KEYS = 10_000
 #: Seconds after a raw transaction during which the caller's ``pending`` reads go to the node that took it.
 READ_OWN_WRITE_FOR = 30.0
 #: Seconds between two reads of the pool's state (sync status, breaker marks, in-flight counts) per process.
@@ -202,6 +204,8 @@ class Gateway:
         self._chain: int | None = None
         self._chain_read_at = -CHAIN_RECHECK
         self._shared: Shared | None = None
+        #: What each key was last shown and where it last wrote, as this process knows it (newest keys last).
+        self._seen: dict[str, dict[str, Any]] = {}
         #: Writes requests queue (the in-flight marks of their node calls included), sent by ``run`` every FLUSH_EVERY.
         self._writes = Deferred()
 
@@ -282,7 +286,16 @@ class Gateway:
             pipe.mget(cache_keys)
         replies = await pipe.execute()
         cached = {k: v for k, v in zip(cache_keys, replies[1], strict=True) if v is not None} if cache_keys else {}
-        seen = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (replies[0] or {}).items()}
+        stored = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (replies[0] or {}).items()}
+        # One record per key in this process, shared by its requests (their writes to Redis may still be queued).
+        seen = self._seen.pop(caller.key_id, None) or {}
+        self._seen[caller.key_id] = seen  # newest last: the oldest key is dropped first
+        if len(self._seen) > MAX_SEEN_KEYS:
+            self._seen.pop(next(iter(self._seen)))
+        if int(stored.get("block", -1)) > int(seen.get("block", -1)):
+            seen["block"] = stored["block"]
+        if float(stored.get("at", 0)) > float(seen.get("at", 0)):
+            seen["node"], seen["at"] = stored.get("node"), stored["at"]
         return Context(shared, seen, cached, dict(shared.inflight), dict(shared.heads), self._writes)
 
     async def _refresh(self) -> Shared:

@@ -89,7 +89,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state["keys"] = ApiKeyStore(pool.redis, settings_admin_key=settings.admin_key)
     state["known"] = {}
     state["limits"] = parse_many(settings.rpc_rate_limit)
-    storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix=LIMIT_PREFIX)
+    # The gateway's own connection pool (closed with it), as the API's limiter shares the API's.
+    # (limits' annotation of its options says only float, str and bool; redis-py takes the pool.)
+    options: dict[str, Any] = {"connection_pool": aredis.connection_pool}
+    storage = RedisStorage("async+" + settings.redis_url, implementation="redispy", key_prefix=LIMIT_PREFIX, **options)
     state["limiter"] = SlidingWindowCounterRateLimiter(storage)
     refresher = asyncio.create_task(app[GATEWAY].run())
     try:

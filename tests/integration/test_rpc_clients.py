@@ -138,11 +138,20 @@ def added(contract: type[Contract] | Contract, logs: Any) -> list[tuple[str, int
     return [(e["args"]["by"], e["args"]["amount"], e["args"]["total"], e["blockNumber"]) for e in decoded]
 
 
+@pytest.fixture
+def http_session() -> Iterator[requests.Session]:
+    """web3.py's HTTP session, closed after the test (its own cache would leave the socket to the garbage collector)."""
+    with requests.Session() as session:
+        yield session
+
+
 def test_web3py_transfers_deploys_calls_and_reads_events_through_the_gateway(gateway: str, api_key: str,
-                                                                             tally: dict[str, Any]) -> None:
+                                                                             tally: dict[str, Any],
+                                                                             http_session: requests.Session) -> None:
     # Headers given in request_kwargs replace web3's own, Content-Type included (which nodes require).
     headers = {**Web3.HTTPProvider.get_request_headers(), "Authorization": f"Bearer {api_key}"}
-    provider = Web3.HTTPProvider(gateway, request_kwargs={"headers": headers, "timeout": 30}, exception_retry_configuration=None)
+    provider = Web3.HTTPProvider(gateway, request_kwargs={"headers": headers, "timeout": 30}, session=http_session,
+                                 exception_retry_configuration=None)
     w3 = Web3(provider)
     me = dev_account(WEB3PY_ACCOUNT)
     assert w3.eth.chain_id == 31337

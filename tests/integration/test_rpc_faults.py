@@ -56,6 +56,9 @@ class Client:
         body: dict[str, Any] = response.json()
         return body
 
+    def close(self) -> None:
+        self.session.close()
+
     def result(self, method: str, params: list[Any]) -> Any:
         body = self.reply(method, params)
         assert "error" not in body, (method, params, body)
@@ -66,6 +69,13 @@ def test_leader_killed_mid_run_no_read_fails_and_every_accepted_transaction_is_m
         served: tuple[LocalStack, str, str]) -> None:
     stack, url, key = served
     client = Client(url, key)
+    try:
+        run_the_load(stack, url, key, client)
+    finally:
+        client.close()
+
+
+def run_the_load(stack: LocalStack, url: str, key: str, client: Client) -> None:
     wait_for(lambda: to_int(client.result("eth_blockNumber", [])) >= 3, 20, "three blocks")
     stop = threading.Event()
     reads: list[int] = []
@@ -86,6 +96,7 @@ def test_leader_killed_mid_run_no_read_fails_and_every_accepted_transaction_is_m
             except (requests.RequestException, AssertionError) as exc:
                 failures.append(f"{method}: {exc}")
             n += 1
+        mine.close()
         reads.append(n)
 
     readers = [threading.Thread(target=read_load, args=(i,)) for i in range(READERS)]
