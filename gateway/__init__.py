@@ -6,6 +6,9 @@
 - ``cache``: what cannot change, kept in Redis, and identical requests in flight sent once;
 - ``breakers``: a circuit breaker per node (pybreaker), whose open breakers keep the balancer off the node;
 - ``kept``: raw transactions kept by hash before they are answered, re-broadcast until mined;
+- ``protocol``: JSON-RPC 2.0 error codes and replies, one request checked;
+- ``state``: the pool's state a process routes by, and its queued writes;
+- ``sending``: ``eth_sendRawTransaction``, kept then broadcast by the write path's protocol;
 - ``gateway``: one request or batch, routed, failed over within a deadline, answered;
 - ``metrics``: requests, errors, latency and cache hits per method and node.
 

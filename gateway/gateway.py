@@ -31,7 +31,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,33 +46,21 @@ from gateway import metrics
 from gateway.breakers import BREAKERS_KEY, Breakers
 from gateway.cache import CachePolicy, InFlight, cache_key, may_be_cached
 from gateway.heads import Heads, at_least, healthy, pool_head
-from gateway.kept import KEPT_KEY as KEPT_KEY_FORMAT
 from gateway.kept import KEPT_SET as KEPT_SET_KEY
-from gateway.kept import KeptTransactions, RawTx, decode_raw
-from gateway.methods import BlockNeed, InvalidParams, Kind, Method, block_need, check_params, lookup, refusal
+from gateway.methods import BlockNeed, Kind, block_need
+from gateway.protocol import INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, Call, RpcFault, check, error_reply
+from gateway.sending import RawSender, producer
+from gateway.state import Deferred, Shared
 from nodepool.aiorpc import AsyncRpcClient
-from nodepool.placement import Placement, PlacementView
+from nodepool.placement import Placement
 from nodepool.pool import Pool
-from nodepool.rpc import RpcClient, to_int
-from nodepool.spec import ROLE_LEADER, NodeSpec
+from nodepool.rpc import to_int
+from nodepool.spec import NodeSpec
 from nodepool.sync import SYNC_KEY, parse_sync_statuses
 from nodepool.traffic import Traffic
 from settings import Settings
-from wallet.broadcast import Broadcast, broadcast
-from wallet.errors import BroadcastFailed, NonceTooLow, TxRejected
 
 log = logging.getLogger(__name__)
-
-# JSON-RPC 2.0 error codes, and the implementation-defined ones ESP answers with.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-#: No node could answer within the deadline, or the transaction reached none (server error range).
-NO_NODE = -32000
-#: EIP-1474's "limit exceeded": a rate limit, a batch too long.
-LIMIT_EXCEEDED = -32005
 
 #: What a caller was last shown, for reading its own writes: ``{"block": n, "node": id, "at": t}``.
 SEEN_KEY = "esp:rpc:seen:{}"
@@ -96,31 +84,6 @@ SHOWS_BLOCK = {"eth_getTransactionReceipt": "blockNumber", "eth_getTransactionBy
                "eth_getBlockByHash": "number", "eth_getBlockByNumber": "number"}
 
 
-class RpcFault(Exception):
-    """A JSON-RPC error object to answer with."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def to_dict(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return error
-
-
-def error_reply(request_id: Any, fault: RpcFault) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": fault.to_dict()}
-
-
-def reply_bytes(reply: Any) -> bytes:
-    """The reply as the HTTP body."""
-    return json.dumps(reply, separators=(",", ":")).encode()
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     max_batch: int
@@ -139,29 +102,6 @@ class GatewayConfig:
             breaker_failures=settings.rpc_breaker_failures, breaker_reset=settings.rpc_breaker_reset)
 
 
-class Deferred:
-    """Redis commands recorded now and sent in one round trip once the request is answered (a pipeline's methods)."""
-
-    def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: self.commands.append((name, args, kwargs))
-
-
-@dataclass(frozen=True)
-class Shared:
-    """The pool's state as this process last read it (every SHARED_EVERY seconds): what routing needs."""
-
-    view: PlacementView
-    sync: Mapping[str, Mapping[str, Any]]
-    blocked: set[str]
-    inflight: dict[str, int]
-    heads: dict[str, int]
-    pool_head: int | None
-    read_at: float
-
-
 @dataclass
 class Context:
     """One request's (or batch's) view: the pool's state, what its caller was shown, cached answers, and where it
@@ -174,16 +114,6 @@ class Context:
     heads: dict[str, int]
     #: Where the request queues its writes: the gateway's queue, sent every FLUSH_EVERY seconds.
     after: Deferred = field(default_factory=Deferred)
-
-
-@dataclass(frozen=True)
-class Call:
-    """One checked request of a body."""
-
-    id: Any
-    method: Method
-    params: list[Any]
-    notification: bool
 
 
 class Gateway:
@@ -208,6 +138,7 @@ class Gateway:
         self._seen: dict[str, dict[str, Any]] = {}
         #: Writes requests queue (the in-flight marks of their node calls included), sent by ``run`` every FLUSH_EVERY.
         self._writes = Deferred()
+        self.sender = RawSender(pool, placement, aredis, rpc_timeout=config.rpc_timeout)
 
     # -- the body ----------------------------------------------------------------------------------
 
@@ -225,7 +156,7 @@ class Gateway:
         return (await self._answer([body], caller))[0]
 
     async def _answer(self, items: Sequence[Any], caller: Caller) -> list[dict[str, Any] | None]:
-        calls = [self._check(item, caller) for item in items]
+        calls = [check(item, caller) for item in items]
         keys = {i: cache_key(c.method.name, c.params) for i, c in enumerate(calls) if isinstance(c, Call) and self._cacheable(c)}
         if not any(isinstance(c, Call) for c in calls):
             return [c if isinstance(c, dict) else None for c in calls]
@@ -247,29 +178,6 @@ class Gateway:
             metrics.LATENCY.labels(call.method.name).observe(time.perf_counter() - started)
             replies.append(None if call.notification else reply)
         return replies
-
-    def _check(self, item: Any, caller: Caller) -> Call | dict[str, Any]:
-        """The request as a Call, or the error reply that answers it."""
-        request_id = item.get("id") if isinstance(item, dict) else None
-        if not isinstance(request_id, (str, int, type(None))) or isinstance(request_id, bool):
-            request_id = None
-        if not isinstance(item, dict) or item.get("jsonrpc") != "2.0" or not isinstance(item.get("method"), str):
-            return error_reply(request_id, RpcFault(INVALID_REQUEST, "invalid request: a JSON-RPC 2.0 request is an "
-                                                    "object with \"jsonrpc\": \"2.0\", a string \"method\" and an id"))
-        if "id" in item and item["id"] is not request_id:
-            return error_reply(None, RpcFault(INVALID_REQUEST, "invalid request: id must be a string, a number or null"))
-        name = item["method"]
-        method = lookup(name)
-        if method is None:
-            return error_reply(request_id, RpcFault(METHOD_NOT_FOUND, f"the method {name} does not exist or is not "
-                                                    "available"))
-        if (method.kind in (Kind.NODE_KEY, Kind.ADMIN) and not caller.is_admin) or method.kind is Kind.UNSUPPORTED:
-            return error_reply(request_id, RpcFault(METHOD_NOT_FOUND, refusal(method)))
-        try:
-            params = check_params(method, item.get("params"))
-        except InvalidParams as exc:
-            return error_reply(request_id, RpcFault(INVALID_PARAMS, f"invalid params: {exc}"))
-        return Call(request_id, method, params, notification="id" not in item)
 
     def _cacheable(self, call: Call) -> bool:
         return self.config.cache.enabled and call.method.kind is Kind.READ and may_be_cached(call.method)
@@ -352,7 +260,7 @@ class Gateway:
         if kind is Kind.SEND_RAW:
             return await self._send_raw(call, caller, context)
         if kind in (Kind.NODE_KEY, Kind.ADMIN):
-            return (await self._ask(call.method.name, call.params, context, first=self._producer(context)))[1]
+            return (await self._ask(call.method.name, call.params, context, first=producer(context.shared.view)))[1]
         if key is not None and key in context.cached:
             metrics.CACHE.labels(call.method.name, "hit").inc()
             return json.loads(context.cached[key])
@@ -500,8 +408,8 @@ class Gateway:
             if result is not None:
                 return node_id, result
         if method != "eth_getBlockByHash" and await self.redis.zscore(KEPT_SET_KEY, params[0].lower()) is not None:
-            await self._resend_kept(params[0], context)  # ESP accepted it: make sure the block producer holds it
-            return await self._ask(method, params, context, first=self._producer(context))
+            await self.sender.resend(params[0], context.shared)  # ESP accepted it: make sure the block producer holds it
+            return await self._ask(method, params, context, first=producer(context.shared.view))
         return asked, None
 
     def _shown(self, caller: Caller, context: Context, block: int, node_id: str) -> None:
@@ -516,64 +424,10 @@ class Gateway:
     # -- raw transactions ----------------------------------------------------------------------------
 
     async def _send_raw(self, call: Call, caller: Caller, context: Context) -> str:
-        try:
-            tx = decode_raw(call.params[0])
-        except InvalidParams as exc:
-            raise RpcFault(INVALID_PARAMS, f"invalid params: {exc}") from None
-        expected = await self._expected_chain()
-        if tx.chain_id is not None and expected is not None and tx.chain_id != expected:
-            raise RpcFault(NO_NODE, f"invalid chain id: the transaction is signed for chain {tx.chain_id}, "
-                           f"the pool serves chain {expected}")
-        keep = self.redis.pipeline(transaction=True)
-        KeptTransactions.keep_on(keep, tx)
-        await keep.execute()  # kept before any node sees it, so that a node dying with it loses nothing
-        try:
-            sent = await self._broadcast(tx, context)
-        except TxRejected as exc:
-            await self._forget(tx.tx_hash)
-            raise RpcFault(exc.node_code if exc.node_code is not None else NO_NODE, exc.node_message, exc.node_data) from None
-        except NonceTooLow:
-            await self._forget(tx.tx_hash)
-            raise RpcFault(-32003, "nonce too low") from None
-        except BroadcastFailed as exc:
-            if not exc.may_have_reached_node:
-                await self._forget(tx.tx_hash)
-                raise RpcFault(NO_NODE, str(exc)) from None
-            return tx.tx_hash  # a node may hold it; kept, it is sent again until mined (gateway.kept)
-        key = SEEN_KEY.format(caller.key_id)
-        context.seen.update(node=sent.node_id, at=time.time())
-        context.after.hset(key, mapping={"node": json.dumps(sent.node_id), "at": json.dumps(time.time())})
-        context.after.expire(key, SEEN_TTL)
-        return tx.tx_hash
-
-    async def _broadcast(self, tx: RawTx, context: Context) -> Broadcast:
-        clients = self._senders(context)
-        return await asyncio.to_thread(broadcast, tx.raw_bytes(), tx.tx_hash, clients, nonce=tx.nonce,
-                                       timeout=self.config.rpc_timeout)
-
-    async def _forget(self, tx_hash: str) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        KeptTransactions.forget_on(pipe, tx_hash)
-        await pipe.execute()
-
-    def _senders(self, context: Context) -> list[RpcClient]:
-        """Where raw bytes go: the pool's block producer first (a devnet's leader: followers only relay), then
-        the nodes the balancer would take writes on, best first; nodes left alone by their breaker last."""
-        producer = self._producer(context)
-        specs = sorted(context.shared.view.specs.values(), key=lambda s: (s.id != producer, s.id in context.shared.blocked,
-                                                                   not self.placement.is_eligible(s.id, TaskKind.CALL), s.id))
-        return [self.pool.rpc(spec) for spec in specs]
-
-    def _producer(self, context: Context) -> str | None:
-        return next((s.id for s in context.shared.view.specs.values() if s.role == ROLE_LEADER), None)
-
-    async def _resend_kept(self, tx_hash: str, context: Context) -> None:
-        raw = await self.redis.get(KEPT_KEY_FORMAT.format(tx_hash.lower()))
-        if raw is None:
-            return
-        record = json.loads(raw)
-        tx = RawTx(record["tx_hash"], record["raw"], record["nonce"], record.get("chain_id"))
-        try:
-            await self._broadcast(tx, context)
-        except (TxRejected, NonceTooLow, BroadcastFailed):
-            pass  # the beat's pass decides what to do with it
+        tx_hash, node_id = await self.sender.send(call.params[0], context.shared, await self._expected_chain())
+        if node_id is not None:  # the caller's pending reads go to the node that took it (READ_OWN_WRITE_FOR)
+            key = SEEN_KEY.format(caller.key_id)
+            context.seen.update(node=node_id, at=time.time())
+            context.after.hset(key, mapping={"node": json.dumps(node_id), "at": json.dumps(time.time())})
+            context.after.expire(key, SEEN_TTL)
+        return tx_hash

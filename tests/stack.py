@@ -82,14 +82,16 @@ class LocalStack:
         self.writers.clear()
 
     def close(self) -> None:
-        for server in self._rpc_servers:
-            server.close()
-        self.stop_writers()
-        for proc in self.others:
-            stop_process(proc)
-        self.manager.stop()
-        self._serve.join(10)
-        self.manager.close()
+        try:
+            for server in self._rpc_servers:
+                server.close()
+        finally:  # whatever a gateway server did on its way out, no process of the stack is left running
+            self.stop_writers()
+            for proc in self.others:
+                stop_process(proc)
+            self.manager.stop()
+            self._serve.join(10)
+            self.manager.close()
 
     def new_key(self, name: str, role: str) -> str:
         """A new API key of ``role`` (the whole key, as a client sends it)."""
@@ -146,7 +148,8 @@ class RpcServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/rpc"
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(make_app(settings))
+        # As gunicorn's graceful_timeout (gunicorn_rpc.conf.py): requests still in flight get 5 s, not aiohttp's 60.
+        self.runner = web.AppRunner(make_app(settings), shutdown_timeout=5.0)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
