@@ -39,17 +39,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from access.keys import ApiKeyStore, Caller, digest_of
 from app.validation import is_json_too_deep
-from gateway.gateway import (
-    INTERNAL_ERROR,
-    INVALID_REQUEST,
-    LIMIT_EXCEEDED,
-    PARSE_ERROR,
-    Gateway,
-    GatewayConfig,
-    RpcFault,
-    error_reply,
-    reply_bytes,
-)
+from gateway.gateway import Gateway, GatewayConfig
+from gateway.protocol import INTERNAL_ERROR, INVALID_REQUEST, LIMIT_EXCEEDED, PARSE_ERROR, RpcFault, error_reply, reply_bytes
 from nodepool.placement import Placement
 from nodepool.pool import Pool
 from settings import Settings
