@@ -19,7 +19,7 @@ from typing import Self
 import psutil
 import requests
 
-from nodes.process import free_port
+from nodes.process import free_port, terminate
 from settings import ROOT, child_environment
 
 WORKER_CLASSES = ("gthread", "sync")
@@ -112,12 +112,7 @@ class GunicornServer:
             workers = psutil.Process(proc.pid).children()
         except psutil.Error:
             pass
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
         for worker in workers:  # the master normally reaps them; never leave one behind
             if worker.is_running():
                 worker.kill()
