@@ -46,7 +46,6 @@ from gateway import metrics
 from gateway.breakers import BREAKERS_KEY, Breakers
 from gateway.cache import CachePolicy, InFlight, cache_key, may_be_cached
 from gateway.heads import Heads, at_least, healthy, pool_head
-from gateway.kept import KEPT_SET as KEPT_SET_KEY
 from gateway.methods import BlockNeed, Kind, block_need
 from gateway.protocol import INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, Call, RpcFault, check, error_reply
 from gateway.sending import RawSender, producer
@@ -407,8 +406,8 @@ class Gateway:
                 continue
             if result is not None:
                 return node_id, result
-        if method != "eth_getBlockByHash" and await self.redis.zscore(KEPT_SET_KEY, params[0].lower()) is not None:
-            await self.sender.resend(params[0], context.shared)  # ESP accepted it: make sure the block producer holds it
+        # ESP accepted it (its bytes are kept): make sure the block producer holds it, then ask the producer.
+        if method != "eth_getBlockByHash" and await self.sender.resend(params[0], context.shared):
             return await self._ask(method, params, context, first=producer(context.shared.view))
         return asked, None
 

@@ -122,16 +122,6 @@ class KeptTransactions:
         pipe.delete(KEPT_KEY.format(tx_hash))
         pipe.zrem(KEPT_SET, tx_hash)
 
-    def get(self, tx_hash: str) -> dict[str, Any] | None:
-        raw = self.redis.get(KEPT_KEY.format(tx_hash.lower()))
-        return json.loads(raw) if raw else None
-
-    def is_kept(self, tx_hash: str) -> bool:
-        return self.redis.zscore(KEPT_SET, tx_hash.lower()) is not None
-
-    def count(self) -> int:
-        return int(self.redis.zcard(KEPT_SET))
-
     def entries(self, limit: int = MAX_PASS) -> list[dict[str, Any]]:
         hashes = [h.decode() if isinstance(h, bytes) else str(h) for h in self.redis.zrange(KEPT_SET, 0, limit - 1)]
         if not hashes:

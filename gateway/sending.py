@@ -72,17 +72,21 @@ class RawSender:
             return tx.tx_hash, None  # a node may hold it; kept, it is sent again until mined
         return tx.tx_hash, sent.node_id
 
-    async def resend(self, tx_hash: str, state: Shared) -> None:
-        """Send kept bytes again now (a lookup found them nowhere); what then happens is the beat's pass's to decide."""
+    async def resend(self, tx_hash: str, state: Shared) -> bool:
+        """Send kept bytes again now (a lookup found them nowhere); False when ``tx_hash`` is not kept.
+
+        What then happens to them (mined, refused, replaced) is the beat's pass's to decide.
+        """
         raw = await self.redis.get(KEPT_KEY.format(tx_hash.lower()))
         if raw is None:
-            return
+            return False
         record = json.loads(raw)
         tx = RawTx(record["tx_hash"], record["raw"], record["nonce"], record.get("chain_id"))
         try:
             await self._broadcast(tx, state)
         except (TxRejected, NonceTooLow, BroadcastFailed):
             pass
+        return True
 
     async def _broadcast(self, tx: RawTx, state: Shared) -> Broadcast:
         return await asyncio.to_thread(broadcast, tx.raw_bytes(), tx.tx_hash, self._senders(state), nonce=tx.nonce,
