@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from bench.rpc import answer_error, calls_for, cell_text, latency_summary, markdown, ratios
+from bench.rpc import calls_for
 from bench.rpc_control import balance_of_data, create_app
+from bench.rpc_report import answer_error, cell_text, latency_summary, markdown, ratios
 
 
 def cell(target: str, method: str, concurrency: int, rps: float, p50_ms: float, *, errors: int = 0,
