@@ -60,16 +60,20 @@ def stack(tmp_path):
     def ready() -> bool:
         assert proc.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
         try:
-            return _get(base + "/readyz")[0] == 200
+            status, body = _get(base + "/readyz")
         except OSError:
             return False  # not listening yet
+        # /readyz is 200 once one node answers; the node manager registers the others as they start.
+        return status == 200 and body["nodes_answering"] == 3
 
     try:
-        wait_for(ready, 60, lambda: "/readyz to answer 200: " + (tmp_path / "stack.log").read_text()[-3000:], interval=0.3)
+        wait_for(ready, 60, lambda: "/readyz to answer 200 with 3 nodes: " + (tmp_path / "stack.log").read_text()[-3000:],
+                 interval=0.3)
         yield proc, base, flower_port, run_dir, tmp_path / "stack.log", f"http://127.0.0.1:{rpc_port}/rpc"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)  # reaped here, not left for a later test's garbage collection to warn about
         log.close()
 
 
