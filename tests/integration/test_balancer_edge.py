@@ -435,7 +435,9 @@ def test_a_paused_pool_makes_reads_wait_not_fail(tmp_path: Path) -> None:
         finally:
             releaser.cancel()
             release()
-        with ReadStream(ReadClient(running.pool), threads=8, max_seconds=2.0) as stream:
+        # Eight readers keep the pool at its boundary: each read waits its turn (up to the same 5 s as above,
+        # not the default two monitor intervals, which a loaded CI machine can outlast) and none fails.
+        with ReadStream(ReadClient(running.pool, pause_wait=5.0), threads=8, max_seconds=2.0) as stream:
             while any(t.is_alive() for t in stream.threads):
                 running.sample()
         assert stream.failures == [] and len(stream.answered) > 100
