@@ -6,6 +6,7 @@
           ├── AccountExists       a key for the address is already kept  (also errors.Conflict: 409)
           ├── WrongPassword       the password does not open the keystore (403)
           ├── KeystoreCorrupt     a keystore file is unreadable or unsafe (500)
+          ├── KeystoreUnwritable  the keystore folder cannot take a new file: full (507), read-only or denied (503)
           ├── AccountLocked       the account is not (or no longer) unlocked (423)
           ├── KdfBusy             too many password checks in flight in this process (503)
           └── SendError
@@ -73,6 +74,21 @@ class KeystoreCorrupt(WalletError):
         super().__init__(f"keystore file of {address} is unusable: {reason}")
         self.address = address
         self.reason = reason
+
+
+class KeystoreUnwritable(WalletError):
+    """Raised when a new keystore file cannot be written (disk full, read-only, permission denied).
+
+    Nothing was kept: the temporary file is removed and no account exists. ``status`` is 507
+    (Insufficient Storage) when the disk or quota is full, 503 otherwise; both are the operator's to fix.
+    """
+
+    field = "keystore"
+
+    def __init__(self, reason: str, *, full: bool) -> None:
+        super().__init__(f"ESP's keystore folder cannot be written ({reason}): no account was created")
+        self.reason = reason
+        self.status = 507 if full else 503
 
 
 class AccountLocked(WalletError):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
@@ -49,7 +50,7 @@ from eth_keyfile.keyfile import EthKeyfileValueError
 
 from errors import ValidationError
 from wallet.address import checksum
-from wallet.errors import AccountExists, KeystoreCorrupt, UnknownAccount, WrongPassword
+from wallet.errors import AccountExists, KeystoreCorrupt, KeystoreUnwritable, UnknownAccount, WrongPassword
 from wallet.kdf import DEFAULT_SCRYPT_N, KdfGate
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,14 @@ class Keystore:
         # geth writes the address lower-case; eth-keyfile writes it checksummed.
         document["address"] = address[2:].lower()
         data = json.dumps(document, separators=(",", ":")).encode()
-        self._ensure_directory()
         path = self.directory / keyfile_name(address, dt.datetime.now(dt.UTC))
-        _write_atomically(path, data)
+        try:
+            self._ensure_directory()
+            _write_atomically(path, data)
+        except OSError as exc:
+            # _write_atomically removed its temporary file: nothing of this key is on disk.
+            log.error("keystore %s: cannot write a new key file: %s", self.directory, exc.strerror or exc)
+            raise KeystoreUnwritable(exc.strerror or type(exc).__name__, full=exc.errno in (errno.ENOSPC, errno.EDQUOT)) from None
         return path
 
     def _ensure_directory(self) -> None:
