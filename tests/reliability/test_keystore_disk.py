@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask.testing import FlaskClient
 
 from access.keys import ApiKeyStore
@@ -46,7 +47,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def api(tmp_path: Path, small_disk: Path) -> Iterator[tuple[FlaskClient, object]]:
+def api(tmp_path: Path, small_disk: Path) -> Iterator[tuple[FlaskClient, redis.Redis]]:
     redis_client = fresh_redis(DB_APP)
     settings = make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_APP), ESP_KEYSTORE_DIR=str(small_disk),
                              ESP_KEYSTORE_SCRYPT_N="4096", ESP_FILES_DIR=str(tmp_path / "files"))
@@ -72,11 +73,11 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def held(redis_client) -> tuple[list[int], int]:  # type: ignore[no-untyped-def]
+def held(redis_client: redis.Redis) -> tuple[list[int], int]:
     return [int(redis_client.llen(q)) for q in WRITE_QUEUES], len(redis_client.keys("esp:task:*"))
 
 
-def refused_cleanly(client: FlaskClient, redis_client, folder: Path, status: int) -> list[str]:  # type: ignore[no-untyped-def]
+def refused_cleanly(client: FlaskClient, redis_client: redis.Redis, folder: Path, status: int) -> list[str]:
     """Try ATTEMPTS creations; what went wrong with each (empty: each was the clean refusal)."""
     before_files, before_held = sorted(p.name for p in folder.iterdir()), held(redis_client)
     wrong = []
