@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -58,6 +58,19 @@ def check_static_node(spec: NodeSpec, *, timeout: float) -> int:
         client.close()
 
 
+def check_one_chain(specs: Sequence[NodeSpec], chain_id: int, *, timeout: float) -> None:
+    """Refuse, before any is registered, a static node that does not serve ``chain_id`` (ESP_CHAIN_ID).
+
+    ESP signs every transaction for ESP_CHAIN_ID: a node on another chain would refuse them, or worse
+    answer reads about a different chain, so one URL given by mistake stops the start with its name.
+    """
+    wrong = [f"{spec.url} serves chain id {served}" for spec in specs
+             if (served := check_static_node(spec, timeout=timeout)) != chain_id]
+    if wrong:
+        raise ConfigError(f"ESP_NODE_URLS: {'; '.join(wrong)}, not ESP_CHAIN_ID={chain_id}:"
+                          " remove the URL, or set ESP_CHAIN_ID to the chain the nodes serve")
+
+
 #: Called before a managed devnet starts from genesis, with Redis and the chain id: forgets what ESP kept
 #: about the previous chain (``services.chainstate.reset_chain_state``, wired by ``python -m nodes``).
 FreshChainHook = Callable[[redis.Redis, int], object]
@@ -82,16 +95,14 @@ class NodeManager:
         if not self.backend.manages:
             assert isinstance(self.backend, StaticBackend)
             specs = self.backend.specs()
-            chain_ids = {check_static_node(spec, timeout=self.settings.probe_timeout * 3) for spec in specs}
-            if len(chain_ids) > 1:
-                raise ConfigError(f"ESP_NODE_URLS: the nodes serve different chains (chain ids {sorted(chain_ids)})")
+            check_one_chain(specs, self.settings.chain_id, timeout=self.settings.probe_timeout * 3)
             if self.settings.devnet_sync:
                 # anvils run by other means (compose/devnet.yml): keep them on the first one's chain.
                 self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
                 return self.devnet.attach(specs)
             for spec in specs:
                 self.registry.register(spec)
-            self.registry.set_pool(leader="", backend="static", chain_id=chain_ids.pop(), devnet=False)
+            self.registry.set_pool(leader="", backend="static", chain_id=self.settings.chain_id, devnet=False)
             return specs
         if self.on_fresh_chain is not None:
             self.on_fresh_chain(self.redis, self.settings.chain_id)

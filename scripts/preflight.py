@@ -12,7 +12,7 @@ import sys
 from errors import ConfigError, EspError
 from nodepool.spec import NodeSpec
 from nodes.anvil import find_anvil
-from nodes.manager import check_static_node, connect_redis
+from nodes.manager import check_one_chain, connect_redis
 from nodes.process import port_is_free
 from settings import Settings
 
@@ -24,8 +24,8 @@ def check() -> list[str]:
     if settings.node_backend == "process":
         find_anvil(settings)
     elif settings.node_backend == "static":
-        for i, url in enumerate(settings.node_urls):
-            check_static_node(NodeSpec(id=f"node-{i}", url=url, backend="static"), timeout=settings.probe_timeout * 3)
+        specs = [NodeSpec(id=f"node-{i}", url=url, backend="static") for i, url in enumerate(settings.node_urls)]
+        check_one_chain(specs, settings.chain_id, timeout=settings.probe_timeout * 3)
     for name, host, port in (
         ("ESP_API_PORT", settings.api_host, settings.api_port),
         ("ESP_RPC_PORT", settings.rpc_host, settings.rpc_port),
