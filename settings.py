@@ -253,6 +253,11 @@ def child_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in keep}
 
 
+def stack_environment() -> dict[str, str]:
+    """The environment of the stack's processes (``make up``): ours over ``.env``'s ESP_ variables, as ``from_env`` reads them."""
+    return {**_read_dotenv(ROOT / ".env"), **os.environ}
+
+
 def generate_secret() -> str:
     """A fresh random token for ESP_ADMIN_KEY or ESP_SECRET_KEY."""
     return secrets.token_urlsafe(32)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Start the whole stack in the foreground; Ctrl-C stops every process of it.
+# Start the whole stack in the foreground under supervisord (scripts/supervise.py, from the Procfile):
+# a process that dies is restarted alone; Ctrl-C stops every process of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p run
@@ -11,5 +12,5 @@ elif [ -z "${ESP_ADMIN_KEY:-}" ]; then
   echo "esp: admin key (from .env): $(grep '^ESP_ADMIN_KEY=' .env | tail -1 | cut -d= -f2-)"
 fi
 .venv/bin/python -m scripts.preflight
-echo "  Ctrl-C stops everything."
-exec .venv/bin/honcho start -f Procfile
+echo "  A process that exits is restarted; Ctrl-C stops everything."
+exec .venv/bin/python -m scripts.supervise
