@@ -33,7 +33,7 @@ COMPONENTS = (
     ("beat", ("celery", "beat")),
     ("flower", ("flower",)),
     ("node manager", ("-m nodes",)),
-    ("process runner", ("honcho",)),
+    ("process runner", ("supervisord",)),
     ("shell", ("/bin/sh",)),
 )
 RATE_HZ = 100

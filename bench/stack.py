@@ -14,13 +14,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.redis_server import PrivateRedis
 from nodes.process import free_port
 from settings import ROOT
 
 RESULTS = ROOT / "bench" / "results"
 #: What marks a line of the stack's log as a problem worth keeping with a run's figures.
-PROBLEM_WORDS = ("WORKER TIMEOUT", "Traceback", "CRITICAL", "ERROR", "Error:", "Killed", "exited with code")
+PROBLEM_WORDS = ("WORKER TIMEOUT", "Traceback", "CRITICAL", "ERROR", "Error:", "Killed", "not expected", "gave up:")
 
 
 class RunningStack:
@@ -132,7 +134,14 @@ class RunningStack:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
+                # supervisord's programs run in process groups of their own: they are killed one by one, not with its group.
+                left = psutil.Process(self.proc.pid).children(recursive=True)
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                for child in left:
+                    try:
+                        child.kill()
+                    except psutil.Error:
+                        pass
                 self.proc.wait(10)
         self.log.close()
         self.redis.close()

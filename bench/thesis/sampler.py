@@ -38,8 +38,8 @@ def component(cmdline: list[str]) -> str:
         return "worker"
     if "-m nodes" in text:
         return "nodes"
-    if "honcho" in text:
-        return "honcho"
+    if "supervisord" in text:
+        return "supervisord"
     if "redis-server" in text:
         return "redis"
     return os.path.basename(cmdline[0]) if cmdline else "?"
