@@ -52,6 +52,7 @@ DB_RPC = 16
 DB_RPC_CLIENTS = 17
 DB_RPC_FAULTS = 18
 DB_METRICS = 19
+DB_SUPERVISION = 21
 
 
 def pytest_configure(config: pytest.Config) -> None:
