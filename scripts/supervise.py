@@ -11,11 +11,15 @@ Ctrl-C (SIGINT to supervisord) still stops every process, the node manager last:
 SIGTERM, and SIGKILL with its process group after ``STOP_GRACE_S`` seconds. Operators see and
 restart single processes with ``supervisorctl -c run/supervisord.conf status|restart worker``.
 
+Each Procfile line is one command: it is ``exec``'d (after bash expands its variables), so that
+supervisord's pid is the process itself; ``a && b`` would run ``a`` only.
+
 ``--write-only`` writes the configuration and prints its path, without starting anything.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
@@ -148,6 +152,17 @@ def write_config(settings: Settings, procfile: Path = PROCFILE) -> Path:
     return path
 
 
+def append_to_stdout() -> None:
+    """Make our standard output append-only, as supervisord's own opening of /dev/stdout is.
+
+    supervisord writes its programs' output through a /dev/stdout it opens itself, in append mode,
+    and its own lines through the descriptor it inherited: into a file (``make up > stack.log``)
+    opened without O_APPEND, its own lines would overwrite its programs' from an older offset.
+    """
+    flags = fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(sys.stdout.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+
+
 def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
@@ -162,6 +177,7 @@ def main(argv: list[str]) -> int:
     print(f"  One process: {supervisord.parent / 'supervisorctl'} -c {path} status | restart <name>", flush=True)
     # The programs inherit this environment: ours over .env's ESP_ variables, so that the Procfile's ${ESP_...}
     # expansions see .env as the processes' Settings do (a variable set in the environment wins, as in Settings).
+    append_to_stdout()
     # PYTHONUNBUFFERED: a print reaches the terminal when it is made, not when a pipe's buffer fills.
     environment = {"PYTHONUNBUFFERED": "1", **stack_environment()}
     os.execve(supervisord, [str(supervisord), "--configuration", str(path)], environment)  # noqa: S606 - our own binary, no shell
