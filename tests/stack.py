@@ -19,8 +19,9 @@ from aiohttp import web
 
 from access.keys import ApiKeyStore
 from app import create_app
+from bench.redis_server import PrivateRedis
 from nodepool.rpc import RpcClient
-from nodes.manager import NodeManager
+from nodes.manager import NodeManager, connect_redis
 from nodes.process import free_port
 from rpc.server import make_app
 from services.platform import PLATFORM_KEY
@@ -33,12 +34,17 @@ from tests.waiting import wait_for
 class LocalStack:
     """Everything a write goes through, started for one test module; ``close()`` stops it all."""
 
-    def __init__(self, tmp: Path, db: int, *, name: str, writers: int = 1, **env: str) -> None:
+    def __init__(self, tmp: Path, db: int, *, name: str, writers: int = 1, redis_server: PrivateRedis | None = None,
+                 **env: str) -> None:
+        """``redis_server``: a Redis server of the test's own (one it may stop) instead of the session's."""
         self.tmp = tmp
         self.name = name
-        self.redis = fresh_redis(db)
+        url = redis_url(db) if redis_server is None else redis_server.url(db)
+        self.redis = fresh_redis(db) if redis_server is None else connect_redis(make_settings(tmp, ESP_REDIS_URL=url))
+        if redis_server is not None:
+            self.redis.flushdb()
         self.env = {
-            "ESP_REDIS_URL": redis_url(db), "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
+            "ESP_REDIS_URL": url, "ESP_RUN_DIR": str(tmp), "ESP_KEYSTORE_DIR": str(tmp / "keystore"),
             "ESP_FILES_DIR": str(tmp / "files"), "ESP_KEYSTORE_SCRYPT_N": "4096", "ESP_BLOCK_TIME": "1",
             "ESP_RECEIPT_INTERVAL": "0.25", **env,
         }
