@@ -12,6 +12,15 @@ Reliability: late acks (a task is acknowledged only when it finished), re-delive
 when a worker dies (``task_reject_on_worker_lost``), prefetch 1 so a long task
 does not hold others hostage, and a visibility timeout far above the longest task
 (a task that is not acknowledged within it is delivered again).
+
+Redis going away (a restart, a crash): every process reconnects by itself and for as long as it
+takes. The broker connection is retried forever (``broker_connection_max_retries=None``; Celery's
+default gives up after 100 tries and the worker exits); kombu's sockets have timeouts, keepalive and a
+health check, so a connection that died silently is noticed; the result backend retries its writes
+until Redis answers again (``result_backend_always_retry``) rather than failing a write task whose
+transaction was already sent; and the transport is ``tasks.broker``'s, which fixes the crash of a
+worker that loses Redis while it holds unacknowledged messages. Library settings rather than loops of
+our own: Celery's consumer already reconnects with a backoff, redis-py already retries a command.
 """
 
 from __future__ import annotations
@@ -30,6 +39,14 @@ TASK_TIME_LIMIT = 120
 VISIBILITY_TIMEOUT = 3600
 #: Seconds between two sweeps of the outboxes (``tasks.control.sweep_outboxes``).
 SWEEP_INTERVAL = 1.0
+#: Redis sockets of the broker and the result backend: seconds to connect, and to wait for an answer
+#: (above kombu's 1 s BRPOP, far below a task's time limit), and between two checks of an idle connection.
+REDIS_CONNECT_TIMEOUT = 3.0
+REDIS_SOCKET_TIMEOUT = 10.0
+REDIS_HEALTH_CHECK_INTERVAL = 10
+#: The longest the result backend waits between two tries of a write while Redis is away, and how many tries.
+RESULT_RETRY_MAX_SLEEP_MS = 1000
+RESULT_RETRY_MAX = 600
 
 
 def from_settings(settings: Settings) -> dict[str, Any]:
@@ -37,13 +54,27 @@ def from_settings(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.redis_url,
         "result_backend": settings.redis_url,
+        "broker_transport": "tasks.broker:Transport",
         "broker_connection_retry_on_startup": True,
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
         "broker_transport_options": {
             "queue_order_strategy": "priority",
             "visibility_timeout": VISIBILITY_TIMEOUT,
             "max_connections": 100,
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_keepalive": True,
+            "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
         },
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "redis_socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+        "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "redis_socket_keepalive": True,
+        "redis_backend_health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": RESULT_RETRY_MAX_SLEEP_MS,
+        "result_backend_max_retries": RESULT_RETRY_MAX,
         "result_expires": settings.result_expires,
         "result_extended": True,
         "task_serializer": "json",
