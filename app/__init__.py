@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import redis
 from flask import Flask
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from app import (
     accounts,
@@ -31,6 +34,13 @@ from settings import Settings
 from tasks.app import make_celery
 from wallet.kdf import KdfGate
 
+#: The API's Redis client: while Redis is away a request is answered 503 (app/errors.py) within
+#: these timeouts, not after redis-py's default ten retries; one retry, soon, takes a pooled
+#: connection that Redis's restart broke and opens a new one, so the first request after it succeeds.
+REDIS_CONNECT_TIMEOUT = 1.0
+REDIS_SOCKET_TIMEOUT = 5.0
+REDIS_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=1)
+
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for ``settings`` (default: from the environment)."""
@@ -39,7 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["ESP_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    pool = Pool(settings)
+    pool = Pool(settings, redis_client(settings))
     app.extensions["esp.pool"] = pool
     app.extensions["esp.placement"] = placement = Placement(pool)
     app.extensions["esp.reader"] = ReadClient(pool, placement)
@@ -58,3 +68,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """The API's Redis client (every Redis use of the API shares its pool: records, keys, limits, outboxes)."""
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                                socket_timeout=REDIS_SOCKET_TIMEOUT, health_check_interval=30, retry=REDIS_RETRY)

@@ -6,8 +6,10 @@ import logging
 import re
 from typing import Any
 
+import redis
 from flask import Flask, Response, jsonify, request
 from flask_limiter import RateLimitExceeded
+from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -18,6 +20,8 @@ from wallet.errors import KdfBusy
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "https://esp.invalid/problems/{}"
+#: Seconds a client is told to wait when Redis does not answer (a restart takes a few).
+REDIS_RETRY_AFTER = 2
 
 
 def problem(status: int, title: str, detail: str, *, kind: str | None = None, **extra: Any) -> Response:
@@ -81,6 +85,19 @@ def register(app: Flask) -> None:
         response = problem(429, "Too Many Requests", f"rate limit exceeded: {exc.description}", kind="rate-limited",
                            field=breach_field(exc), limit=str(exc.limit.limit))
         response.headers["Retry-After"] = str(retry_after(exc))
+        return response
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    @app.errorhandler(StorageError)
+    def store_unavailable(exc: Exception) -> Response:
+        # Redis away (restarting, crashed, unreachable): nothing can be authenticated, read or enqueued. A 503 the
+        # client may retry, not a 500: ESP is not broken, it waits for Redis. A write cut off midway may have got
+        # through: its Idempotency-Key, sent again, answers the same task rather than doing it twice.
+        log.warning("Redis does not answer on %s %s: %s", request.method, request.path, exc)
+        response = problem(503, "Service Unavailable", "ESP's store (Redis) does not answer: retry in a few seconds"
+                           " (with the same Idempotency-Key for a write)", kind="store-unavailable")
+        response.headers["Retry-After"] = str(REDIS_RETRY_AFTER)
         return response
 
     @app.errorhandler(RequestEntityTooLarge)
