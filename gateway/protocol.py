@@ -21,6 +21,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 #: No node could answer within the deadline, or the transaction reached none (server error range).
 NO_NODE = -32000
+#: EIP-1474's "resource unavailable": ESP's store (Redis) does not answer, so the key cannot be checked.
+UNAVAILABLE = -32002
 #: EIP-1474's "limit exceeded": a rate limit, a batch too long.
 LIMIT_EXCEEDED = -32005
 

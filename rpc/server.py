@@ -28,19 +28,33 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from access.keys import ApiKeyStore, Caller, digest_of
+from app import REDIS_CONNECT_TIMEOUT, redis_client
 from app.validation import is_json_too_deep
 from gateway.gateway import Gateway, GatewayConfig
-from gateway.protocol import INTERNAL_ERROR, INVALID_REQUEST, LIMIT_EXCEEDED, PARSE_ERROR, RpcFault, error_reply, reply_bytes
+from gateway.protocol import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    LIMIT_EXCEEDED,
+    PARSE_ERROR,
+    UNAVAILABLE,
+    RpcFault,
+    error_reply,
+    reply_bytes,
+)
 from nodepool.placement import Placement
 from nodepool.pool import Pool
 from settings import Settings
@@ -52,6 +66,10 @@ AUTH_CACHE_SECONDS = 2.0
 #: The rate limit's counters: the same prefix and scheme as the API's (app.guards), scope "rpc".
 LIMIT_PREFIX = "esp:limits"
 LIMIT_SCOPE = "rpc"
+#: What Redis not answering looks like here (keys, limits, the gateway's own reads and writes), and the
+#: seconds a client is told to wait then (a Redis restart takes a few).
+REDIS_ERRORS = (redis.RedisError, StorageError)
+REDIS_RETRY_AFTER = 2
 
 GATEWAY = web.AppKey("gateway", Gateway)
 STATE = web.AppKey("state", dict)
@@ -73,8 +91,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     """What the app holds while it runs: Redis clients, the nodes' HTTP session, the gateway, the limiter."""
     state = app[STATE]
     settings: Settings = state["settings"]
-    pool = Pool(settings)
-    aredis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    # Bounded as the API's (app.redis_client): while Redis is away a request is refused within seconds, and one
+    # retry replaces a pooled connection that Redis's restart broke.
+    pool = Pool(settings, redis_client(settings))
+    aredis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                                     retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=1))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30))
     app[GATEWAY] = Gateway(pool, Placement(pool), GatewayConfig.from_settings(settings), aredis, session)
     state["keys"] = ApiKeyStore(pool.redis, settings_admin_key=settings.admin_key)
@@ -105,6 +126,16 @@ async def rpc(request: web.Request) -> web.Response:
     """Answer a JSON-RPC request or batch from the pool."""
     state = request.app[STATE]
     try:
+        return await _answer(request, state)
+    except REDIS_ERRORS as exc:
+        # An error object the client may retry on, not a 500: a raw transaction sent again is "already known" at worst.
+        log.warning("/rpc: Redis does not answer: %s", exc)
+        return _refusal(503, RpcFault(UNAVAILABLE, "resource unavailable: ESP's store (Redis) does not answer;"
+                                      f" retry in {REDIS_RETRY_AFTER} s"), {"Retry-After": str(REDIS_RETRY_AFTER)})
+
+
+async def _answer(request: web.Request, state: dict[str, Any]) -> web.Response:
+    try:
         caller = await _caller(request, state)
     except RpcFault as fault:
         return _refusal(401, fault, {"WWW-Authenticate": 'Bearer realm="esp"'})
@@ -126,6 +157,8 @@ async def rpc(request: web.Request) -> web.Response:
                                       f"{state['settings'].rpc_rate_limit}): retry in {wait} s"), {"Retry-After": str(wait)})
     try:
         reply = await request.app[GATEWAY].handle(body, caller)
+    except REDIS_ERRORS:
+        raise
     except Exception:
         log.exception("the gateway failed on a request")
         return _refusal(500, RpcFault(INTERNAL_ERROR, "internal error: the gateway failed; it has been logged"))
