@@ -59,7 +59,15 @@ class NodeError(EspError):
 
 
 class NodeUnreachable(NodeError):
-    """Raised when a node does not answer in time or refuses the connection."""
+    """Raised when a node does not answer in time or refuses the connection.
+
+    ``delivered`` is False only when the request certainly never reached the node (the connection
+    was refused or never made); a timeout or a dropped connection may have delivered it.
+    """
+
+    def __init__(self, message: str, *, node_id: str | None = None, delivered: bool = True) -> None:
+        super().__init__(message, node_id=node_id)
+        self.delivered = delivered
 
 
 class RpcError(NodeError):

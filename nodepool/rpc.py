@@ -86,7 +86,8 @@ class RpcClient:
         try:
             response = self._pool.request("POST", self.url, body=json.dumps(body).encode(), **kwargs)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise NodeUnreachable(f"{self.url} did not answer: {_reason(exc)}", node_id=self.node_id) from None
+            raise NodeUnreachable(f"{self.url} did not answer: {_reason(exc)}", node_id=self.node_id,
+                                  delivered=not _never_connected(exc)) from None
         if response.status >= 500 and not response.data:
             raise NodeUnreachable(f"{self.url} answered HTTP {response.status}", node_id=self.node_id)
         try:
@@ -98,6 +99,13 @@ class RpcClient:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """The connection was refused or never made: the request cannot have reached the node."""
+    reason = getattr(exc, "reason", None) or exc
+    # urllib3's NewConnectionError is a ConnectTimeoutError: both mean no connection was made.
+    return isinstance(reason, (urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError))
 
 
 def _reason(exc: BaseException) -> str:

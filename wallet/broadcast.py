@@ -17,8 +17,8 @@ The protocol a write task follows (the Celery task is a thin wrapper around it;
      SAME bytes. Never re-sign: a node that timed out may have taken them.
      Only when giving up and ``may_have_reached_node`` is False may the nonce be
      released.
-   - ``TxRejected``: every node answered and refused (insufficient funds, gas,
-     fee...): no node holds it, so ``nonces.release`` the nonce, drop the
+   - ``TxRejected``: every node the bytes reached refused them (insufficient funds,
+     gas, fee...; a node whose connection was refused never got them): no node holds it, so ``nonces.release`` the nonce, drop the
      prepared record and fail the task (or fix the fields and go to 2).
      Except ``kind == "replacement_underpriced"`` on a first send: another
      transaction holds our nonce in a pool, so do NOT release it; drop the
@@ -263,8 +263,8 @@ def broadcast(
         try:
             answer = client.call("eth_sendRawTransaction", [raw_hex], timeout=timeout)
         except NodeUnreachable as exc:
-            # No answer: the node may or may not have taken the bytes. Same bytes elsewhere is safe.
-            ambiguous = True
+            # No answer: unless the connection was refused, the node may have taken the bytes. Same bytes elsewhere is safe.
+            ambiguous = ambiguous or exc.delivered
             attempts.append(f"{name}: {exc}")
             continue
         except RpcError as exc:
@@ -282,7 +282,8 @@ def broadcast(
             log.warning("node %s answered hash %s for tx %s", name, answer, computed)
         log.debug("tx %s accepted by %s", computed, name)
         return Broadcast(client.node_id, client.url, "accepted", tuple(attempts))
-    if refusals and len(refusals) == len(clients):
+    if refusals and not ambiguous:
+        # Every node that got the bytes refused them (the others never got them): the node's answer is the answer.
         kind, error, node_id = refusals[0]
         raise TxRejected(tx_hash=computed, kind=kind.value, node_message=error.rpc_message, node_id=node_id,
                          node_code=error.code, node_data=error.data)

@@ -146,7 +146,7 @@ class NonceTooLow(SendError):
 
 
 class TxRejected(SendError):
-    """Raised when every node answered and refused the transaction for a definite reason.
+    """Raised when every node the bytes reached answered and refused the transaction for a definite reason.
 
     ``kind`` is a ``wallet.broadcast.TxErrorKind`` value (insufficient_funds,
     intrinsic_gas_too_low, replacement_underpriced, ...); ``node_message`` is the

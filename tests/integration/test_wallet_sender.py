@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +55,18 @@ def node(tmp_path: Path) -> Iterator[RpcClient]:
 
 def dead_client(name: str = "dead") -> RpcClient:
     return RpcClient(f"http://127.0.0.1:{free_port()}", timeout=1.0, node_id=name)
+
+
+@pytest.fixture
+def silent_client() -> Iterator[RpcClient]:
+    """A node that takes the connection (the kernel's backlog accepts it) and never answers: a request may have reached it."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        yield RpcClient(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=1.0, node_id="silent")
+    finally:
+        listener.close()
 
 
 def wait_receipt(client: RpcClient, tx_hash: str, timeout: float = 15.0) -> dict[str, Any]:
@@ -148,12 +161,19 @@ def test_a_node_error_sends_the_same_bytes_to_the_next_node(node: RpcClient) -> 
     assert node.call("eth_getRawTransactionByHash", [prepared.tx_hash]) == prepared.raw
 
 
-def test_no_node_answering_is_broadcast_failed_and_maybe_reached(node: RpcClient) -> None:
+def test_no_node_answering_is_broadcast_failed_and_maybe_reached(node: RpcClient, silent_client: RpcClient) -> None:
+    prepared = transfer(TREASURY, 0, suggest_fees(node))
+    with pytest.raises(BroadcastFailed) as info:
+        broadcast(prepared.raw_bytes(), prepared.tx_hash, [dead_client("a"), silent_client], timeout=1.0)
+    assert info.value.may_have_reached_node and len(info.value.attempts) == 2
+    assert info.value.tx_hash == prepared.tx_hash
+
+
+def test_connections_refused_everywhere_reached_no_node(node: RpcClient) -> None:
     prepared = transfer(TREASURY, 0, suggest_fees(node))
     with pytest.raises(BroadcastFailed) as info:
         broadcast(prepared.raw_bytes(), prepared.tx_hash, [dead_client("a"), dead_client("b")])
-    assert info.value.may_have_reached_node and len(info.value.attempts) == 2
-    assert info.value.tx_hash == prepared.tx_hash
+    assert not info.value.may_have_reached_node and len(info.value.attempts) == 2
 
 
 def test_nonce_too_low_from_a_transaction_behind_our_back_resyncs_and_resigns(r: redis.Redis, node: RpcClient) -> None:
@@ -192,12 +212,22 @@ def test_every_node_refusing_is_tx_rejected_and_the_nonce_is_released(r: redis.R
     assert manager.allocate(poor.address, [node]) == nonce
 
 
-def test_a_refusal_with_a_silent_node_is_not_definite(node: RpcClient) -> None:
+def test_a_refusal_with_a_silent_node_is_not_definite(node: RpcClient, silent_client: RpcClient) -> None:
     poor: LocalAccount = Account.create()
     prepared = transfer(poor, 0, suggest_fees(node))
     with pytest.raises(BroadcastFailed) as info:  # the silent node may have taken it: do not release
-        broadcast(prepared.raw_bytes(), prepared.tx_hash, [dead_client(), node])
+        broadcast(prepared.raw_bytes(), prepared.tx_hash, [silent_client, node], timeout=1.0)
     assert info.value.may_have_reached_node
+
+
+def test_a_refusal_is_definite_when_the_other_nodes_refused_the_connection(node: RpcClient) -> None:
+    # A killed node refuses connections: it never got the bytes, so the answering node's refusal is the answer
+    # (the fault suite found raw transactions of an unfunded sender "accepted" while a follower was down).
+    poor: LocalAccount = Account.create()
+    prepared = transfer(poor, 0, suggest_fees(node))
+    with pytest.raises(TxRejected) as info:
+        broadcast(prepared.raw_bytes(), prepared.tx_hash, [dead_client(), node])
+    assert info.value.kind == "insufficient_funds" and info.value.node_id == "node-0"
 
 
 def test_intrinsic_gas_too_low_is_rejected(node: RpcClient) -> None:
