@@ -5,11 +5,21 @@ from __future__ import annotations
 import threading
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from nodepool.registry import NodeRegistry
 from nodepool.rpc import RpcClient
 from nodepool.spec import NodeSpec
 from settings import Settings
+
+#: How long a worker's Redis command rides out Redis going away: redis-py retries it with a backoff
+#: (0.1 s doubling to 1 s, 30 times: about 26 s) instead of its default ten quick tries (about 5 s at most).
+#: A drain cut off by a Redis restart then carries on when Redis is back; failing instead would leave its
+#: sender's outbox held by a lock nobody releases for a minute (services.outbox LOCK_MS). Retrying a
+#: command whose reply was lost is what redis-py's default does already, only for longer. The API and
+#: the gateway pass a client of their own that gives up within a second (app.redis_client).
+REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30)
 
 
 class Pool:
@@ -18,7 +28,7 @@ class Pool:
     def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
         self.settings = settings
         self.redis = redis_client or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30
+            settings.redis_url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30, retry=REDIS_RETRY
         )
         self.registry = NodeRegistry(self.redis)
         self._clients: dict[tuple[str, float], RpcClient] = {}
