@@ -4,7 +4,9 @@ Each worker runs ``rpc.server.make_app()`` on its own event loop (aiohttp's guni
 prometheus_client metrics live in files under run/prometheus-rpc, which ``GET /metrics`` sums.
 """
 
+import ctypes
 import os
+import signal
 from typing import Any
 
 from settings import Settings
@@ -34,3 +36,22 @@ def on_starting(server: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     """Forget a dead worker's live gauges (its counters stay: they were counted)."""
     multiprocess.mark_process_dead(worker.pid)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker dies with its master, even a SIGKILLed one (supervisord restarts the master: scripts/supervise.py).
+
+    Left to notice a new parent on its own, an aiohttp worker orphaned by a SIGKILLed master was seen to
+    close its socket and then never finish its shutdown, nor answer SIGTERM: it ran on, holding Redis
+    connections (tests/reliability/test_supervision.py: 2 of about 10 kills). The anvils die with the
+    node manager the same way (nodes.process).
+    """
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        return
+    if os.getppid() != server.pid:  # the master died before the request above: nobody will send the signal
+        os._exit(0)
