@@ -113,6 +113,7 @@ class Settings:
     receipt_interval: float = _setting("ESP_RECEIPT_INTERVAL", 0.5, "seconds between two receipt checks of broadcast transactions")
     funding_wei: int = _setting("ESP_FUNDING_WEI", 10**18, "gas money the treasury sends each new account, in wei")
     result_expires: int = _setting("ESP_RESULT_EXPIRES", 86400, "seconds task results are kept")
+    task_visibility_timeout: int = _setting("ESP_TASK_VISIBILITY_TIMEOUT", 300, "seconds a task taken by a worker that died (unacknowledged) waits before it is delivered again; keep it above the longest task (120 s) plus its longest retry countdown (30 s)")
     keystore_dir: Path = _setting("ESP_KEYSTORE_DIR", ROOT / "run" / "keystore", "folder of ESP's encrypted keystore files")
     treasury_key: str = _setting("ESP_TREASURY_KEY", DEV_TREASURY_KEY, "private key of the platform treasury (funds accounts, owns contracts)")
     files_dir: Path = _setting("ESP_FILES_DIR", ROOT / "run" / "files", "where project files are stored, content-addressed by SHA-256")

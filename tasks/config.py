@@ -10,8 +10,12 @@ through Celery at all: the API answers them directly.
 
 Reliability: late acks (a task is acknowledged only when it finished), re-delivery
 when a worker dies (``task_reject_on_worker_lost``), prefetch 1 so a long task
-does not hold others hostage, and a visibility timeout far above the longest task
-(a task that is not acknowledged within it is delivered again).
+does not hold others hostage, and a visibility timeout (ESP_TASK_VISIBILITY_TIMEOUT, 300 s) above the
+longest a message is held (a task's time limit, 120 s, after its longest retry countdown, 30 s): a task
+taken by a worker that then died is delivered again that long after it was taken (kombu's sweep of
+unacknowledged messages runs every RESTORE_INTERVAL seconds). Kombu's default, one hour, left a deploy or
+an account's funding whose worker died waiting that long; a twin delivery of a task still running is
+harmless (the write protocol's prepared record, ``wallet.broadcast``), only wasted.
 
 Redis going away (a restart, a crash): every process reconnects by itself and for as long as it
 takes. The broker connection is retried forever (``broker_connection_max_retries=None``; Celery's
@@ -36,7 +40,8 @@ from tasks.routing import CONTROL_QUEUE, QUEUE_OF_KIND, QUEUES, Router
 
 #: The longest a write task may run (signing and broadcasting; receipts are tracked elsewhere).
 TASK_TIME_LIMIT = 120
-VISIBILITY_TIMEOUT = 3600
+#: Seconds between two sweeps of unacknowledged messages by each worker (kombu's own default: ~100 s).
+RESTORE_INTERVAL = 5
 #: Seconds between two sweeps of the outboxes (``tasks.control.sweep_outboxes``).
 SWEEP_INTERVAL = 1.0
 #: Redis sockets of the broker and the result backend: seconds to connect, and to wait for an answer
@@ -60,14 +65,16 @@ def from_settings(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": None,
         "broker_transport_options": {
             "queue_order_strategy": "priority",
-            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "visibility_timeout": settings.task_visibility_timeout,
+            "unacked_restore_interval": RESTORE_INTERVAL,
+            "unacked_restore_throttle": 1,
             "max_connections": 100,
             "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
             "socket_timeout": REDIS_SOCKET_TIMEOUT,
             "socket_keepalive": True,
             "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
         },
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "result_backend_transport_options": {"visibility_timeout": settings.task_visibility_timeout},
         "redis_socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
         "redis_socket_timeout": REDIS_SOCKET_TIMEOUT,
         "redis_socket_keepalive": True,

@@ -54,6 +54,7 @@ DB_RPC_FAULTS = 18
 DB_METRICS = 19
 DB_RELIABILITY = 20
 DB_SUPERVISION = 21
+DB_REDELIVERY = 22
 
 
 def pytest_configure(config: pytest.Config) -> None:
