@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up install deps dev-deps node-tools redis redis-bin test lint typecheck unit integration bench image dockerd clean
+.PHONY: up install deps dev-deps node-tools redis redis-bin test lint typecheck unit integration reliability bench image dockerd clean
 
 up: install
 	@scripts/up.sh
@@ -53,6 +53,10 @@ unit: dev-deps
 
 integration: dev-deps node-tools redis-bin
 	$(BIN)/pytest tests/integration
+
+# The fault suite; its report goes to run/reliability/ (ESP_RELIABILITY_REPORT_DIR elsewhere).
+reliability: dev-deps node-tools redis-bin
+	$(BIN)/pytest tests/reliability
 
 # The benchmarks' own tools (httpx, matplotlib, rich) are pinned with the test tools.
 bench: install dev-deps
