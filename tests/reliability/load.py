@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -176,37 +177,40 @@ class Load:
         session.headers["Authorization"] = f"Bearer {self.stack.user_key}"
         nonce = self.raw_first_nonce
         while self.running():
-            started = time.monotonic()
-            try:
-                response = client.post("/api/v1/transactions", json={"from": self.esp_sender, "to": RECIPIENT, "value_wei": 1})
-                if response.status_code == 202:
-                    self.tasks.append(response.get_json()["id"])
-                    error = None
-                else:
-                    error = f"transfer: {response.status_code} {response.get_json()}"
-            except Exception as exc:  # every failure is what a client saw
-                error = f"transfer: {exc!r}"
-            with self.lock:
-                self.writes.append((started, error))
-            fields: dict[str, Any] = {"to": RECIPIENT, "value": 1, "gas": 21000, "maxFeePerGas": 10**10,
-                                      "maxPriorityFeePerGas": 10**9, "nonce": nonce, "chainId": 31337}
-            signed = self.raw.sign_transaction(fields)
-            started = time.monotonic()
-            try:
-                body = session.post(self.rpc_url, json={"jsonrpc": "2.0", "id": nonce, "method": "eth_sendRawTransaction",
-                                                        "params": [signed.raw_transaction.to_0x_hex()]}, timeout=30).json()
-                if body.get("result") == signed.hash.to_0x_hex():
-                    self.raw_sent[nonce] = body["result"]
-                    nonce += 1
-                    error = None
-                else:
-                    error = f"eth_sendRawTransaction: {body}"
-            except Exception as exc:  # every failure is what a client saw
-                error = f"eth_sendRawTransaction: {exc!r}"
-            with self.lock:
-                self.writes.append((started, error))
+            self._write(partial(self._transfer, client))
+            if self._write(partial(self._send_raw, session, nonce)):
+                nonce += 1
             self.stopping.wait(self.pace)
         session.close()
+
+    def _write(self, attempt: Callable[[], str | None]) -> bool:
+        """Make one write, count it with its error (None: accepted); whether it was accepted."""
+        started = time.monotonic()
+        try:
+            error = attempt()
+        except Exception as exc:  # every failure is what a client saw
+            error = repr(exc)
+        with self.lock:
+            self.writes.append((started, error))
+        return error is None
+
+    def _transfer(self, client: Any) -> str | None:
+        response = client.post("/api/v1/transactions", json={"from": self.esp_sender, "to": RECIPIENT, "value_wei": 1})
+        if response.status_code != 202:
+            return f"transfer: {response.status_code} {response.get_json()}"
+        self.tasks.append(response.get_json()["id"])
+        return None
+
+    def _send_raw(self, session: requests.Session, nonce: int) -> str | None:
+        fields: dict[str, Any] = {"to": RECIPIENT, "value": 1, "gas": 21000, "maxFeePerGas": 10**10,
+                                  "maxPriorityFeePerGas": 10**9, "nonce": nonce, "chainId": 31337}
+        signed = self.raw.sign_transaction(fields)
+        body = session.post(self.rpc_url, json={"jsonrpc": "2.0", "id": nonce, "method": "eth_sendRawTransaction",
+                                                "params": [signed.raw_transaction.to_0x_hex()]}, timeout=30).json()
+        if body.get("result") != signed.hash.to_0x_hex():
+            return f"eth_sendRawTransaction: {body}"
+        self.raw_sent[nonce] = body["result"]
+        return None
 
     # -- what happened ----------------------------------------------------------------------------
 

@@ -25,10 +25,10 @@ from bench.redis_server import PrivateRedis
 from errors import NodeError
 from nodepool.registry import NodeControl
 from nodepool.rpc import RpcClient, to_int
+from tests.reliability.load import new_esp_account
 from tests.reliability.report import FaultRecord, Report
 from tests.stack import LocalStack, wait_task
 
-PASSWORD = "correct horse battery staple 42"
 SINK = "0x000000000000000000000000000000000000dEaD"
 #: The load: SENDERS threads, each one transfer every PACE seconds, for at most DURATION seconds or COUNT transfers.
 SENDERS = 2
@@ -74,21 +74,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, anvil_binary: Path, server: 
     s.close()
 
 
-def new_account(stack: LocalStack) -> str:
-    client = stack.client()
-    response = client.post("/api/v1/accounts", json={"password": PASSWORD})
-    assert response.status_code == 202, response.get_json()
-    done = wait_task(client, response.get_json()["id"])
-    assert done["state"] == "confirmed", done
-    address: str = done["result"]["address"]
-    unlocked = client.post(f"/api/v1/accounts/{address}/unlock", json={"password": PASSWORD, "seconds": 3600})
-    assert unlocked.status_code == 200, unlocked.get_json()
-    return address
-
-
 def test_redis_killed_under_writes_esp_comes_back_and_loses_nothing(stack: LocalStack, server: PrivateRedis,
                                                                     report: Report) -> None:
-    senders = [new_account(stack) for _ in range(SENDERS)]
+    senders = [new_esp_account(stack) for _ in range(SENDERS)]
     gateway = stack.serve_rpc()
     leader = stack.rpc()
     first_block = to_int(leader.call("eth_blockNumber"))
