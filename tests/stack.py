@@ -8,11 +8,13 @@ real subprocesses on the test's own Redis database.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from aiohttp import web
@@ -147,6 +149,10 @@ class LocalStack:
         return [int(self.redis.llen(q)) for q in WRITE_QUEUES], len(self.redis.keys("esp:task:*"))
 
 
+#: Seconds a gateway's cleanup may take (requests in flight get 5 s, then Redis clients and sessions close).
+CLEANUP_S = 30
+
+
 class RpcServer:
     """``rpc.server.make_app(settings)`` served on a free loopback port from an event loop in a thread."""
 
@@ -165,10 +171,26 @@ class RpcServer:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        """Clean the app up (its Redis clients, sessions, refresh task); whatever happens, stop the loop and its thread.
+
+        A cleanup that does not finish within CLEANUP_S fails the test with what the loop's thread was doing then,
+        after everything of this server has been stopped: a thread left running would keep calling Redis (and
+        ``random``, in redis-py's backoff) under the tests that follow.
+        """
+        stuck = None
+        try:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=CLEANUP_S)
+        except concurrent.futures.TimeoutError:
+            frame = sys._current_frames().get(self._thread.ident or 0)
+            stuck = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
+            for task in asyncio.all_tasks(self.loop):
+                self.loop.call_soon_threadsafe(task.cancel)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self.loop.close()
+        assert stuck is None, f"the gateway's cleanup took over {CLEANUP_S} s; its loop's thread was at:\n{stuck}"
 
 
 def wait_task(client, task_id: str, timeout: float = 90) -> dict:  # type: ignore[no-untyped-def]
