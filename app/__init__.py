@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Flask
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
 
 from app import (
     accounts,
@@ -29,17 +26,10 @@ from app import (
 )
 from nodepool.failover import ReadClient
 from nodepool.placement import Placement
-from nodepool.pool import Pool
+from nodepool.pool import Pool, edge_redis
 from settings import Settings
 from tasks.app import make_celery
 from wallet.kdf import KdfGate
-
-#: The API's Redis client: while Redis is away a request is answered 503 (app/errors.py) within
-#: these timeouts, not after redis-py's default ten retries; one retry, soon, takes a pooled
-#: connection that Redis's restart broke and opens a new one, so the first request after it succeeds.
-REDIS_CONNECT_TIMEOUT = 1.0
-REDIS_SOCKET_TIMEOUT = 5.0
-REDIS_RETRY = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=1)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -49,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SECRET_KEY"] = settings.secret_key
     app.config["ESP_SETTINGS"] = settings
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    pool = Pool(settings, redis_client(settings))
+    pool = Pool(settings, edge_redis(settings))  # every Redis use of the API shares its pool: records, keys, limits
     app.extensions["esp.pool"] = pool
     app.extensions["esp.placement"] = placement = Placement(pool)
     app.extensions["esp.reader"] = ReadClient(pool, placement)
@@ -69,8 +59,3 @@ def create_app(settings: Settings | None = None) -> Flask:
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app
 
-
-def redis_client(settings: Settings) -> redis.Redis:
-    """The API's Redis client (every Redis use of the API shares its pool: records, keys, limits, outboxes)."""
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-                                socket_timeout=REDIS_SOCKET_TIMEOUT, health_check_interval=30, retry=REDIS_RETRY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from nodepool.registry import NodeRegistry
@@ -18,8 +18,23 @@ from settings import Settings
 #: A drain cut off by a Redis restart then carries on when Redis is back; failing instead would leave its
 #: sender's outbox held by a lock nobody releases for a minute (services.outbox LOCK_MS). Retrying a
 #: command whose reply was lost is what redis-py's default does already, only for longer. The API and
-#: the gateway pass a client of their own that gives up within a second (app.redis_client).
+#: the gateway pass a client of their own that gives up within a second (``edge_redis``).
 REDIS_RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=30)
+
+#: The edges' Redis client (the API, the JSON-RPC gateway): while Redis is away a request is answered 503
+#: within these timeouts, not after the workers' half minute of retries; one retry, soon, takes a pooled
+#: connection that Redis's restart broke and opens a new one, so the first request after it succeeds.
+EDGE_CONNECT_TIMEOUT = 1.0
+EDGE_SOCKET_TIMEOUT = 5.0
+EDGE_RETRY_BASE = 0.05
+EDGE_RETRY_CAP = 0.25
+
+
+def edge_redis(settings: Settings) -> redis.Redis:
+    """The Redis client of a process that answers clients: it gives up within seconds (see EDGE_CONNECT_TIMEOUT)."""
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=EDGE_CONNECT_TIMEOUT,
+                                socket_timeout=EDGE_SOCKET_TIMEOUT, health_check_interval=30,
+                                retry=Retry(ExponentialWithJitterBackoff(base=EDGE_RETRY_BASE, cap=EDGE_RETRY_CAP), retries=1))
 
 
 class Pool:

@@ -42,7 +42,6 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from access.keys import ApiKeyStore, Caller, digest_of
-from app import REDIS_CONNECT_TIMEOUT, redis_client
 from app.validation import is_json_too_deep
 from gateway.gateway import Gateway, GatewayConfig
 from gateway.protocol import (
@@ -56,7 +55,7 @@ from gateway.protocol import (
     reply_bytes,
 )
 from nodepool.placement import Placement
-from nodepool.pool import Pool
+from nodepool.pool import EDGE_CONNECT_TIMEOUT, EDGE_RETRY_BASE, EDGE_RETRY_CAP, Pool, edge_redis
 from settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,11 +90,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     """What the app holds while it runs: Redis clients, the nodes' HTTP session, the gateway, the limiter."""
     state = app[STATE]
     settings: Settings = state["settings"]
-    # Bounded as the API's (app.redis_client): while Redis is away a request is refused within seconds, and one
-    # retry replaces a pooled connection that Redis's restart broke.
-    pool = Pool(settings, redis_client(settings))
-    aredis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-                                     retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=1))
+    # Bounded as the API's (nodepool.pool.edge_redis): while Redis is away a request is refused within seconds, and
+    # one retry replaces a pooled connection that Redis's restart broke.
+    pool = Pool(settings, edge_redis(settings))
+    aredis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=EDGE_CONNECT_TIMEOUT,
+                                     retry=AsyncRetry(ExponentialWithJitterBackoff(base=EDGE_RETRY_BASE, cap=EDGE_RETRY_CAP),
+                                                      retries=1))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30))
     app[GATEWAY] = Gateway(pool, Placement(pool), GatewayConfig.from_settings(settings), aredis, session)
     state["keys"] = ApiKeyStore(pool.redis, settings_admin_key=settings.admin_key)
