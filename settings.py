@@ -48,6 +48,7 @@ class Settings:
     node_backend: str = _setting("ESP_NODE_BACKEND", "process", "process (anvil started by ESP), docker (anvil containers) or static (ESP_NODE_URLS)")
     node_count: int = _setting("ESP_NODE_COUNT", 3, "how many managed nodes to start (process and docker backends), 1..16")
     node_urls: tuple[str, ...] = _setting("ESP_NODE_URLS", (), "comma-separated JSON-RPC URLs for the static backend")
+    static_node_hosts: tuple[str, ...] = _setting("ESP_STATIC_NODE_HOSTS", ("127.0.0.1", "localhost", "::1"), "comma-separated hosts an admin may add static nodes on (`esp node add`: the API probes the URL); others are refused")
     devnet_sync: bool = _setting("ESP_DEVNET_SYNC", False, "static backend: the URLs are anvils of one devnet (compose/devnet.yml); the first leads, ESP keeps the others on its chain")
     node_host: str = _setting("ESP_NODE_HOST", "127.0.0.1", "loopback address managed nodes listen on")
     node_port_base: int = _setting("ESP_NODE_PORT_BASE", 0, "first port of managed nodes (node i gets base+i); 0 picks free ports")

@@ -16,6 +16,7 @@ from app import (
     keys_api,
     metrics,
     mining,
+    node_admin,
     nodes,
     openapi,
     projects,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     keys_api.register_cli(app)
     for module in (health, nodes, tasks_api, accounts, keys_api, metrics):
         app.register_blueprint(module.bp)
+    app.register_blueprint(node_admin.bp)
     for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets

@@ -11,6 +11,7 @@ operations that need an API key say so.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
@@ -26,6 +27,8 @@ from services.fields import MAX_DIGITS, MAX_UINT256
 from services.idempotency import MAX_KEY_LENGTH
 from services.mining import ACTIONS, MAX_BLOCK_TIME
 from services.records import STATES
+from services.recycler import ACTIONS as RECYCLER_ACTIONS
+from services.static_nodes import MAX_URL_LENGTH, NODE_ID_PATTERN
 from wallet.keystore import MAX_PASSWORD_CHARS
 
 bp = Blueprint("openapi", __name__, url_prefix="/api/v1")
@@ -45,6 +48,12 @@ NULLABLE_STRING = {"type": ["string", "null"]}
 KEY_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
 KEY_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9 ._@-]{0,99}$"}
 ROLE = {"enum": ["admin", "user"]}
+NODE_ID = {"type": "string", "pattern": NODE_ID_PATTERN}
+NODE_ACTIONS = {
+    "drain": "Drain a node at the recycler's next step: no new work; held drained until undrained or recycled",
+    "recycle": "Recycle a node at the recycler's next step: drain it, restart it through the node manager, let it catch up",
+    "undrain": "Give a node an operator drained back to the pool",
+}
 
 #: Why each problem status can happen (RFC 9457 bodies naming the field at fault).
 PROBLEM_REASONS = {
@@ -145,10 +154,28 @@ def paths() -> dict[str, Any]:
     key_record = obj({"id": KEY_ID, "name": {"type": "string"}, "role": ROLE, "created_at": {"type": "number"},
                       "revoked_at": {"type": ["number", "null"]}, "active": {"type": "boolean"}})
     unlocked = obj({"address": ADDRESS, "unlocked": {"type": "boolean"}, "seconds": {"type": "integer"}})
+    node = path_param("node_id", NODE_ID)
+    node_record = obj({"id": NODE_ID, "url": {"type": "string"}, "backend": {"type": "string"}, "role": {"type": "string"}})
+    hosts = "|".join(re.escape(f"[{h}]" if ":" in h else h) for h in settings().static_node_hosts)
+    node_url = {"type": "string", "pattern": f"^https?://({hosts})(:[0-9]{{1,5}})?(/[!-~]*)?$", "maxLength": MAX_URL_LENGTH,
+                "description": "the node's JSON-RPC URL; its host one of ESP_STATIC_NODE_HOSTS"}
+    operation = obj({"node": NODE_ID, "action": {"enum": list(RECYCLER_ACTIONS)}, "requested_at": {"type": "number"},
+                     "accepted": {"type": "boolean"}, "current": {"type": ["object", "null"]}})
     return {
         "/api/v1/openapi.json": {"get": op("This document", {"200": ok("OpenAPI 3.1")}, tags=["meta"])},
-        "/api/v1/nodes": {"get": op("The node pool", {"200": ok("nodes", obj({
-            "nodes": {"type": "array", "items": OBJECT}, "pool": OBJECT, "count": {"type": "integer"}}))}, tags=["pool"])},
+        "/api/v1/nodes": {
+            "get": op("The node pool", {"200": ok("nodes", obj({
+                "nodes": {"type": "array", "items": OBJECT}, "pool": OBJECT, "count": {"type": "integer"}}))}, tags=["pool"]),
+            "post": op("Add a static node: it must answer on the pool's chain (chain id and genesis block)",
+                       {"201": ok("the node's record", node_record)}, tags=["pool"], admin=True, problems=("409",),
+                       request=body({"url": node_url, "id": NODE_ID}, ["url"])),
+        },
+        "/api/v1/nodes/{node_id}": {"delete": op(
+            "Remove a static node (never a managed one, nor the last serving one)", {"200": ok("the removed node", node_record)},
+            tags=["pool"], admin=True, not_found=True, problems=("409",), params=[node])},
+        **{f"/api/v1/nodes/{{node_id}}/{action}": {"post": op(
+            summary, {"202": ok("the request, and the operation in progress", operation)}, tags=["pool"], admin=True,
+            not_found=True, problems=("409",), params=[node])} for action, summary in NODE_ACTIONS.items()},
         "/api/v1/nodes/events": {"get": op("Recent node events, newest first", {"200": ok("events", obj({
             "events": {"type": "array"}}))}, tags=["pool"], params=[limit(MAX_EVENTS)])},
         "/api/v1/nodes/history": {"get": op("The last snapshots of the pool, compact, oldest first", {"200": ok("history", obj({

@@ -28,6 +28,10 @@ class NodeRegistry:
     def register(self, spec: NodeSpec) -> None:
         self.redis.hset(NODES_KEY, spec.id, spec.to_json())
 
+    def register_new(self, spec: NodeSpec) -> bool:
+        """Register ``spec`` unless a node of its id is registered already (False then): one Redis HSETNX."""
+        return bool(self.redis.hsetnx(NODES_KEY, spec.id, spec.to_json()))
+
     def remove(self, node_id: str) -> None:
         self.redis.hdel(NODES_KEY, node_id)
 

@@ -21,6 +21,13 @@ solo process that also runs the monitor, so a step never waits on anything):
                 node answers again and has caught up with the chain.
     done        the override is cleared: the node's samples decide its status again.
 
+An operator may ask for a node instead (``request_operation``; ``esp node drain|recycle|undrain``):
+the request waits in ``esp:recycler:request`` for the next step, which starts it as if the node
+were due, under the same rules (one at a time, the serving minimum, never a static node's restart);
+the request is refused at once when those rules already forbid it, and recorded as "<action>-refused"
+when they forbid it by the time the step comes. A drain the operator asked for holds the node
+"drained" (phase ``drained``, the key without a TTL) until it is undrained or recycled.
+
 Every step is recorded as a node event. The recycle in progress is a Redis key
 with a TTL (``esp:recycler:current``, set only if absent): one node at a time,
 and a recycler that died mid-way frees the pool when it expires (a later step
@@ -38,6 +45,7 @@ import redis
 
 from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
 from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
+from errors import Conflict, NotFound
 from nodepool.events import record_event
 from nodepool.pool import Pool
 from nodepool.registry import NodeControl
@@ -51,6 +59,7 @@ CURRENT_KEY = "esp:recycler:current"
 STREAKS_KEY = "esp:recycler:streaks"
 NOTED_KEY = "esp:recycler:noted"
 STEP_LOCK_KEY = "esp:recycler:lock"
+REQUEST_KEY = "esp:recycler:request"
 
 #: Zone-III reasons a restart can cure (draining and recycling are the recycler's own doing).
 RECYCLABLE_REASONS = frozenset({REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE})
@@ -63,7 +72,15 @@ MIN_DRAIN_INTERVALS = 2.0
 STEP_LOCK_TTL = 30.0
 
 PHASE_DRAINING = "draining"
+PHASE_DRAINED = "drained"
 PHASE_RECYCLING = "recycling"
+
+ACTION_DRAIN = "drain"
+ACTION_RECYCLE = "recycle"
+ACTION_UNDRAIN = "undrain"
+ACTIONS = (ACTION_DRAIN, ACTION_RECYCLE, ACTION_UNDRAIN)
+#: An operator's request the beat has not taken by then is dropped (no control worker is running).
+REQUEST_TTL = 60.0
 
 
 def recycle_step(pool: Pool, *, control: NodeControl | None = None, now: float | None = None) -> dict[str, Any]:
@@ -97,13 +114,26 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
             # Left by a recycle whose key expired (the recycler died): give the node back.
             clear_status_override(client, node_id)
             record_event(client, "recycle-abandoned", node_id, override=overrides[node_id])
+    request = pending_request(client)
     if current is not None:
+        if request is not None:
+            client.delete(REQUEST_KEY)
+            if request["node"] == current["node"]:
+                current = _apply_request(pool, current, request)
+                if current is None:
+                    return {"action": "undrained", "node": request["node"]}
+            else:
+                record_event(client, f"{request['action']}-refused", request["node"],
+                             reason=f"{current['node']} is {current['phase']}: one node at a time")
         return _advance(pool, control, current, now)
 
     document = load_snapshot_document(client)
     snapshot = Snapshot.from_dict(document) if document else None
     if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
         return {"action": "stale"}
+    if request is not None:
+        client.delete(REQUEST_KEY)
+        return _start_requested(pool, snapshot, request, now)
     streaks = _update_streaks(client, document)
     due = sorted((n for n, s in streaks.items() if s["n"] >= pool.settings.recycle_after),
                  key=lambda n: (-streaks[n]["n"], n))
@@ -122,11 +152,8 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
             _note_once(client, "held", node_id, "recycle-held", zone_reason=reason, serving=len(serving),
                        min_serving=pool.settings.min_serving_nodes)
             return {"action": "held", "node": node_id, "serving": len(serving)}
-        record = {"node": node_id, "phase": PHASE_DRAINING, "reason": reason, "drain_started": now}
-        ttl = pool.settings.drain_timeout + RESTART_TIMEOUT + CURRENT_TTL_MARGIN
-        if not client.set(CURRENT_KEY, json.dumps(record), nx=True, px=int(ttl * 1000)):
+        if not _begin_drain(pool, node_id, now, reason=reason, hold=False):
             return {"action": "busy"}
-        set_status_override(client, node_id, STATUS_DRAINING)
         record_event(client, "recycle-draining", node_id, zone_reason=reason, streak=streaks[node_id]["n"],
                      distance=round(view.distance, 4) if view else None)
         log.warning("recycling %s (%s): draining", node_id, reason)
@@ -134,16 +161,130 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
     return {"action": "idle"}
 
 
+def _begin_drain(pool: Pool, node_id: str, now: float, *, reason: str | None, hold: bool) -> bool:
+    """Make ``node_id`` the one node out of service (False when another one is); a held drain keeps no TTL."""
+    record = {"node": node_id, "phase": PHASE_DRAINING, "reason": reason, "drain_started": now, "hold": hold}
+    ttl = pool.settings.drain_timeout + RESTART_TIMEOUT + CURRENT_TTL_MARGIN
+    if not pool.redis.set(CURRENT_KEY, json.dumps(record), nx=True, px=None if hold else int(ttl * 1000)):
+        return False
+    set_status_override(pool.redis, node_id, STATUS_DRAINING)
+    return True
+
+
+# -- operators' requests ------------------------------------------------------------------
+
+
+def pending_request(client: redis.Redis) -> dict[str, Any] | None:
+    """The operator's request the next step will take (node, action, requested_at), or None."""
+    raw = client.get(REQUEST_KEY)
+    return json.loads(raw) if raw else None
+
+
+def request_operation(pool: Pool, node_id: str, action: str, *, now: float | None = None) -> dict[str, Any]:
+    """Ask the recycler to drain, recycle or undrain ``node_id`` at its next step.
+
+    Refuses at once (NotFound, Conflict naming ``node_id``) what the step would refuse now: an unknown
+    node, a static node's restart, a second node while one is out of service or asked for, a pool that
+    would keep fewer than ESP_MIN_SERVING_NODES serving nodes. Asking again for what is already under
+    way is accepted and changes nothing. Returns the request and the operation in progress.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    now = time.time() if now is None else now
+    client = pool.redis
+    spec = pool.registry.get(node_id)
+    if spec is None:
+        raise NotFound(f"no node {node_id!r} in the pool", field="node_id")
+    if action == ACTION_RECYCLE and spec.backend == "static":
+        raise Conflict(f"{node_id} is a static node: ESP cannot restart it (drain it, or remove it)", field="node_id")
+    current, pending = current_recycle(client), pending_request(client)
+    if current is not None and current["node"] != node_id:
+        raise Conflict(f"{current['node']} is {current['phase']} now: one node at a time, ask again when it is done",
+                       field="node_id")
+    if pending is not None and pending["node"] != node_id:
+        raise Conflict(f"{pending['node']} has a pending {pending['action']} request: one node at a time", field="node_id")
+    record = {"node": node_id, "action": action, "requested_at": now}
+    if action == ACTION_UNDRAIN:
+        if current is None or not current.get("hold"):
+            raise Conflict(f"{node_id} was not drained by an operator (nothing to undrain)", field="node_id")
+    elif current is None:
+        _check_serving(pool, node_id, now)
+    elif action == ACTION_DRAIN or not current.get("hold"):
+        return {**record, "accepted": False, "current": current}  # already under way
+    client.set(REQUEST_KEY, json.dumps(record), px=int(REQUEST_TTL * 1000))
+    record_event(client, f"{action}-requested", node_id)
+    return {**record, "accepted": True, "current": current}
+
+
+def _check_serving(pool: Pool, node_id: str, now: float) -> None:
+    """Conflict unless at least ESP_MIN_SERVING_NODES other nodes serve in a fresh snapshot."""
+    document = load_snapshot_document(pool.redis)
+    snapshot = Snapshot.from_dict(document) if document else None
+    if snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+        raise Conflict("the pool's snapshot is missing or stale (is the beat running?): the recycler cannot act now",
+                       field="node_id")
+    serving = [n.id for n in snapshot.serving() if n.id != node_id]
+    if len(serving) < pool.settings.min_serving_nodes:
+        raise Conflict(f"taking {node_id} out would leave {len(serving)} serving node(s), fewer than"
+                       f" ESP_MIN_SERVING_NODES={pool.settings.min_serving_nodes}", field="node_id")
+
+
+def _start_requested(pool: Pool, snapshot: Snapshot, request: dict[str, Any], now: float) -> dict[str, Any]:
+    """Start the operator's drain or recycle, if the rules still allow it."""
+    client, node_id, action = pool.redis, request["node"], request["action"]
+    spec = pool.registry.get(node_id)
+    serving = [n.id for n in snapshot.serving() if n.id != node_id]
+    reason = None
+    if spec is None:
+        reason = "no longer registered"
+    elif action == ACTION_UNDRAIN:
+        reason = "not drained"
+    elif action == ACTION_RECYCLE and spec.backend == "static":
+        reason = "static nodes cannot be restarted by ESP"
+    elif len(serving) < pool.settings.min_serving_nodes:
+        reason = f"{len(serving)} other node(s) serve, fewer than ESP_MIN_SERVING_NODES={pool.settings.min_serving_nodes}"
+    if reason is None and not _begin_drain(pool, node_id, now, reason="operator", hold=action == ACTION_DRAIN):
+        reason = "another node is out of service"
+    if reason is not None:
+        record_event(client, f"{action}-refused", node_id, reason=reason)
+        return {"action": "refused", "node": node_id, "reason": reason}
+    record_event(client, "drain-started" if action == ACTION_DRAIN else "recycle-draining", node_id, zone_reason="operator")
+    log.warning("%s %s (operator): draining", "draining" if action == ACTION_DRAIN else "recycling", node_id)
+    return {"action": "draining", "node": node_id, "reason": "operator"}
+
+
+def _apply_request(pool: Pool, current: dict[str, Any], request: dict[str, Any]) -> dict[str, Any] | None:
+    """The operator's request for the node out of service: undrain it (None), or turn its held drain into a recycle."""
+    client, node_id = pool.redis, current["node"]
+    if request["action"] == ACTION_UNDRAIN and current.get("hold"):
+        _finish(client, node_id)
+        record_event(client, "drain-ended", node_id)
+        return None
+    if request["action"] == ACTION_RECYCLE and current.get("hold"):
+        current["hold"] = False  # a recycle's key expires, as the recycler's own do
+        ttl = pool.settings.drain_timeout + RESTART_TIMEOUT + CURRENT_TTL_MARGIN
+        client.set(CURRENT_KEY, json.dumps(current), xx=True, px=int(ttl * 1000))
+        record_event(client, "recycle-draining", node_id, zone_reason="operator", drained_before=current["phase"] == PHASE_DRAINED)
+    return current
+
+
 def _advance(pool: Pool, control: NodeControl, current: dict[str, Any], now: float) -> dict[str, Any]:
     client = pool.redis
     node_id = current["node"]
     settings = pool.settings
-    if current["phase"] == PHASE_DRAINING:
+    if current["phase"] in (PHASE_DRAINING, PHASE_DRAINED):
         elapsed = now - float(current["drain_started"])
         inflight = Traffic(client).inflight([node_id])[node_id]
         settled = elapsed >= MIN_DRAIN_INTERVALS * settings.monitor_interval
-        if not settled or (inflight > 0 and elapsed < settings.drain_timeout):
+        if current["phase"] == PHASE_DRAINING and (not settled or (inflight > 0 and elapsed < settings.drain_timeout)):
             return {"action": "waiting-drain", "node": node_id, "inflight": inflight}
+        if current.get("hold"):
+            if current["phase"] == PHASE_DRAINING:
+                current["phase"] = PHASE_DRAINED
+                client.set(CURRENT_KEY, json.dumps(current), xx=True)
+                record_event(client, "drain-done", node_id, drained_s=round(elapsed, 3), inflight_left=inflight,
+                             timed_out=inflight > 0)
+            return {"action": "drained", "node": node_id, "inflight": inflight}
         if pool.registry.get(node_id) is None:
             _finish(client, node_id)
             record_event(client, "recycle-abandoned", node_id, reason="no longer registered")

@@ -1,0 +1,151 @@
+"""Static nodes an operator adds to or removes from a running pool (``esp node add|remove``).
+
+A static node is one ESP only talks to (an existing geth, another anvil): it is never started,
+stopped or restarted by ESP. Adding one checks, before it is registered, that it is on the
+pool's chain: it must answer ``eth_chainId`` with the pool's chain id, *and* its genesis block
+must be the pool's (a second anvil with the same chain id but its own genesis is another chain:
+ESP's transactions would be valid there and its reads would be about a different history). ESP
+does not import blocks into it: keeping it on the chain is its operator's business; the
+monitor samples it like any node (a lagging one goes to zone III).
+
+Its URL's host must be one of ESP_STATIC_NODE_HOSTS, checked before anything is sent: the API
+makes the request, and an admin's request must not make it reach arbitrary hosts.
+
+Nodes added here live in the registry like the others: a restart of the node manager (which
+registers the pool afresh) forgets them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from balancer import Snapshot, is_stale
+from errors import Conflict, NodeError, NotFound, ValidationError
+from nodepool.events import record_event
+from nodepool.pool import Pool
+from nodepool.rpc import RpcClient, to_int
+from nodepool.snapshot import clear_status_override, load_snapshot_document
+from nodepool.spec import ROLE_STANDALONE, NodeSpec
+from nodepool.traffic import Traffic
+from services.recycler import current_recycle
+
+STATIC = "static"
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+NODE_ID_PATTERN = f"^{NODE_ID.pattern}$"
+MAX_URL_LENGTH = 512
+DEFAULT_PREFIX = "static-"
+
+
+def check_node_id(value: Any, field: str = "id") -> str:
+    """A node id: 1 to 32 ASCII letters, digits and ._-, starting with a letter or digit."""
+    if not isinstance(value, str) or not NODE_ID.fullmatch(value):
+        raise ValidationError(field, "must be 1 to 32 characters: ASCII letters, digits and ._-, starting with a letter or digit")
+    return value
+
+
+def check_node_url(value: Any, allowed_hosts: tuple[str, ...], field: str = "url") -> str:
+    """An http(s) JSON-RPC URL on an allowed host, without credentials; returned without a trailing slash."""
+    if not isinstance(value, str) or not value.isascii() or not 0 < len(value) <= MAX_URL_LENGTH or any(c.isspace() for c in value):
+        raise ValidationError(field, f"must be an http(s) URL of at most {MAX_URL_LENGTH} ASCII characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationError(field, f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(field, "must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(field, "must not carry credentials: node URLs are shown to every client of GET /api/v1/nodes")
+    if parts.hostname.lower() not in {h.lower() for h in allowed_hosts}:
+        raise ValidationError(field, f"host {parts.hostname!r} is not in ESP_STATIC_NODE_HOSTS ({','.join(allowed_hosts)})")
+    if port == 0:
+        raise ValidationError(field, "port 0 is not a port a node listens on")
+    return value.rstrip("/")
+
+
+def chain_of(url: str, *, timeout: float) -> tuple[int, str]:
+    """The chain id a JSON-RPC endpoint answers and the hash of its genesis block (NodeError when it does not answer)."""
+    client = RpcClient(url, timeout=timeout)
+    try:
+        chain_id, genesis = client.batch([("eth_chainId", []), ("eth_getBlockByNumber", ["0x0", False])])
+        if not isinstance(genesis, dict) or not isinstance(genesis.get("hash"), str):
+            raise NodeError(f"{url} has no genesis block")
+        return to_int(chain_id), genesis["hash"]
+    finally:
+        client.close()
+
+
+def pool_genesis(pool: Pool, *, timeout: float) -> str | None:
+    """The pool's genesis block hash, from the first registered node that answers (None when none does)."""
+    for spec in pool.nodes():
+        try:
+            return chain_of(spec.url, timeout=timeout)[1]
+        except (NodeError, ValueError, TypeError):
+            continue
+    return None
+
+
+def add_static_node(pool: Pool, url: Any, node_id: Any = None) -> NodeSpec:
+    """Register a static node on the pool's chain; ValidationError (422) naming the field when it is not one."""
+    settings = pool.settings
+    url = check_node_url(url, settings.static_node_hosts)
+    specs = pool.nodes()
+    if node_id is None:
+        taken = {s.id for s in specs}
+        node_id = next(f"{DEFAULT_PREFIX}{i}" for i in range(len(taken) + 1) if f"{DEFAULT_PREFIX}{i}" not in taken)
+    node_id = check_node_id(node_id)
+    if any(s.id == node_id for s in specs):
+        raise Conflict(f"a node {node_id!r} is registered already", field="id")
+    same = next((s for s in specs if s.url.rstrip("/").lower() == url.lower()), None)
+    if same is not None:
+        raise Conflict(f"{url} is registered already, as {same.id}", field="url")
+    timeout = settings.probe_timeout * 3
+    try:
+        chain_id, genesis = chain_of(url, timeout=timeout)
+    except (NodeError, ValueError, TypeError) as exc:
+        raise ValidationError("url", f"{url} is not a working Ethereum JSON-RPC endpoint ({exc})") from None
+    expected = int(pool.registry.pool().get("chain_id") or settings.chain_id)
+    if chain_id != expected:
+        raise ValidationError("url", f"{url} serves chain id {chain_id}, not the pool's {expected}")
+    ours = pool_genesis(pool, timeout=timeout)
+    if ours is not None and genesis != ours:
+        raise ValidationError("url", f"{url} serves chain id {chain_id} but another chain: its genesis block is {genesis},"
+                                     f" the pool's {ours}")
+    spec = NodeSpec(id=node_id, url=url, backend=STATIC, role=ROLE_STANDALONE, started_at=time.time())
+    if not pool.registry.register_new(spec):
+        raise Conflict(f"a node {node_id!r} is registered already", field="id")
+    record_event(pool.redis, "node-added", node_id, url=url, chain_id=chain_id)
+    return spec
+
+
+def remove_static_node(pool: Pool, node_id: str, *, now: float | None = None) -> NodeSpec:
+    """Unregister a static node; refuses managed nodes, the devnet's leader, a node drained now and the last serving one."""
+    now = time.time() if now is None else now
+    spec = pool.registry.get(node_id)
+    if spec is None:
+        raise NotFound(f"no node {node_id!r} in the pool", field="node_id")
+    if spec.backend != STATIC:
+        raise Conflict(f"{node_id} is a {spec.backend} node owned by the node manager: only static nodes are removed"
+                       " (recycle it, or change ESP_NODE_COUNT)", field="node_id")
+    if pool.registry.pool().get("leader") == node_id:
+        raise Conflict(f"{node_id} leads the devnet: it cannot be removed", field="node_id")
+    current = current_recycle(pool.redis)
+    if current is not None and current["node"] == node_id:
+        raise Conflict(f"{node_id} is {current['phase']} by the recycler: undrain it first", field="node_id")
+    others = [s.id for s in pool.nodes() if s.id != node_id]
+    document = load_snapshot_document(pool.redis)
+    snapshot = Snapshot.from_dict(document) if document else None
+    if snapshot is not None and not is_stale(snapshot, now, pool.settings.stale_after):
+        serving = [n.id for n in snapshot.serving() if n.id != node_id and n.id in others]
+        if not serving:
+            raise Conflict(f"{node_id} is the last serving node: add or heal another first", field="node_id")
+    elif not others:
+        raise Conflict(f"{node_id} is the pool's last node", field="node_id")
+    pool.registry.remove(node_id)
+    clear_status_override(pool.redis, node_id)
+    Traffic(pool.redis).forget(node_id)
+    record_event(pool.redis, "node-removed", node_id, url=spec.url)
+    return spec
