@@ -19,12 +19,16 @@ $(BIN)/python:
 $(VENV)/.deps: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	@touch $@
-deps: $(VENV)/.deps
+deps: $(VENV)/.deps $(BIN)/esp
 
 $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements-dev.txt
 	@touch $(VENV)/.deps $@
-dev-deps: $(VENV)/.dev-deps
+dev-deps: $(VENV)/.dev-deps $(BIN)/esp
+
+# The operators' command line (cli/): `.venv/bin/esp`, or `esp` with the venv activated.
+$(BIN)/esp: scripts/esp | $(BIN)/python
+	install -m 755 scripts/esp $@
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
