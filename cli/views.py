@@ -27,8 +27,11 @@ def pool_view(document: Mapping[str, Any]) -> Group:
     """``GET /api/v1/nodes`` as a table of nodes and a line of the pool's health."""
     nodes: Sequence[Mapping[str, Any]] = document.get("nodes", [])
     dimensions = sorted({name for node in nodes for name in (node.get("state") or {})})
-    table = Table(title="ESP node pool", title_justify="left")
-    for column in ("node", "role", "backend", "status", "zone", "distance", *dimensions, "in-flight", "head", "lag"):
+    # The state dimensions (0..1, what the distance is computed from) as s:<name>, apart from the raw in-flight and lag.
+    table = Table(title="ESP node pool", title_justify="left", caption="s:… the node's state dimensions (0..1)",
+                  caption_justify="left")
+    for column in ("node", "role", "backend", "status", "zone", "distance", *(f"s:{d}" for d in dimensions), "in-flight",
+                   "head", "lag"):
         table.add_column(column, justify="left" if column in ("node", "role", "backend", "status", "zone") else "right")
     for node in nodes:
         state = node.get("state") or {}
