@@ -75,7 +75,7 @@ def follow_operation(client: ApiClient, answer: Mapping[str, Any], *, timeout: f
             node = node_of(client.get("/api/v1/nodes"), node_id)
             if kinds[-1] == SERVING and reached == len(steps) - 1 and is_serving(node):
                 reached = len(steps)
-            detail = steps[reached - 1][1] if reached == len(steps) else steps[reached][1] + "…"
+            detail = steps[reached - 1][1]
             if node is not None:
                 detail += f"  (status {node.get('status')}, zone {node.get('zone')}, in-flight {node.get('inflight_live', '-')})"
             progress.update(bar, completed=reached, description=f"{action} {node_id}: {detail}")

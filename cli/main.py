@@ -54,6 +54,10 @@ def pool(watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh unti
         out.print(pool_view(client.get("/api/v1/nodes")))
         return
     try:
+        if not out.is_terminal:  # into a file or a pipe: one table after another, each with the pool's line
+            while True:
+                out.print(pool_view(client.get("/api/v1/nodes")))
+                time.sleep(interval)
         with Live(pool_view(client.get("/api/v1/nodes")), console=out, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)

@@ -104,6 +104,29 @@ def test_wait_ready_then_the_pool_table_shows_every_node(stack, api):
         assert heading in result.stdout, result.stdout
 
 
+def test_pool_watch_redraws_until_interrupted(api):
+    env = child_env(ESP_API_URL=api, ESP_API_KEY=ADMIN_KEY, COLUMNS="200")
+    proc = subprocess.Popen([str(LAUNCHER), "pool", "--watch", "--interval", "0.2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        titles = []
+
+        def redrawn() -> bool:
+            line = proc.stdout.readline()  # blocks until the next line of a table
+            assert line or proc.poll() is None, proc.stderr.read()
+            if line.startswith("ESP node pool"):
+                titles.append(line)
+            return len(titles) >= 3
+
+        wait_for(redrawn, 60, lambda: f"three tables from esp pool --watch (saw {len(titles)})")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
 def test_task_shows_its_timeline(stack, api):
     response = stack.client().post("/api/v1/accounts", json={"password": "cli-suite-password"})
     assert response.status_code == 202, response.get_json()
