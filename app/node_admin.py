@@ -12,6 +12,8 @@ starts them, and their progress is the node's events (``GET /api/v1/nodes/events
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import admin_required
@@ -30,7 +32,7 @@ def add_node() -> tuple[Response, int]:
     """Add a static node (``url``, optional ``id``) once it answers on the pool's chain; 201 with its record."""
     data = json_body(request)
     spec = add_static_node(pool(), required(data, "url"), data.get("id"))
-    response = jsonify(spec.__dict__)
+    response = jsonify(asdict(spec))
     response.headers["Location"] = f"/api/v1/nodes/{spec.id}"
     return response, 201
 
@@ -39,7 +41,7 @@ def add_node() -> tuple[Response, int]:
 @admin_required
 def remove_node(node_id: str) -> Response:
     """Remove a static node from the pool (never a managed one, nor the last serving one)."""
-    return jsonify(remove_static_node(pool(), check_node_id(node_id, "node_id")).__dict__)
+    return jsonify(asdict(remove_static_node(pool(), check_node_id(node_id, "node_id"))))
 
 
 def _operation(node_id: str, action: str) -> tuple[Response, int]:

@@ -302,6 +302,21 @@ def test_drain_holds_a_node_until_undrained(stack, api):
     assert node_status(stack, "node-2")[0] == "up" and current_recycle(stack.redis) is None
 
 
+def test_a_drained_node_can_be_recycled_from_its_drain(stack, api):
+    wait_for(lambda: all_serving(stack), 60, "every node serving")
+    before = stack.manager.registry.get("node-0")
+    assert before is not None
+    drained = esp(api, "node", "drain", "node-0", "--timeout", "120")
+    assert drained.returncode == 0, drained.stderr
+    again = esp(api, "node", "drain", "node-0", "--timeout", "30")  # asked again: already drained, followed, done
+    assert again.returncode == 0 and "already drained" in again.stderr
+    recycled = esp(api, "node", "recycle", "node-0", "--timeout", "300")
+    assert recycled.returncode == 0, recycled.stdout + recycled.stderr
+    after = stack.manager.registry.get("node-0")
+    assert after is not None and after.generation > before.generation
+    assert current_recycle(stack.redis) is None and node_status(stack, "node-0")[0] == "up"
+
+
 def test_recycle_restarts_the_node_through_the_manager_and_it_comes_back(stack, api):
     wait_for(lambda: all_serving(stack), 60, "every node serving")
     before = stack.manager.registry.get("node-1")
