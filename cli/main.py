@@ -8,10 +8,12 @@
     esp events [--follow]              node events, oldest first
     esp keys create|list|revoke        API keys (a new key is printed once, on stdout only)
     esp wait-ready [--timeout]         a progress bar until the stack is ready and every node is up
+    esp bench quick|full [--dry-run]   the thesis experiment on this machine (not over the API)
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from typer._click.exceptions import ClickException
 from cli.client import EXIT_BAD_INPUT, ApiClient, CliError, Config
 from cli.follow import POLL_INTERVAL, follow_operation, wait_ready
 from cli.views import event_line, keys_view, pool_view, task_view
+from settings import ROOT
 
 app = typer.Typer(help="ESP's command line for operators: the pool, its nodes, tasks, events and API keys, over the HTTP API.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -172,6 +175,20 @@ def wait_ready_command(timeout: Timeout = 180.0) -> None:
     """Wait, with a progress bar, until the API is ready and every node is up (the devnet has caught up)."""
     document = wait_ready(api(), timeout=timeout, console=out)
     out.print(f"ready: {document['count']} nodes up")
+
+
+@app.command()
+def bench(mode: Annotated[str, typer.Argument(help="quick (minutes) or full (hours)")] = "quick",
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="print the runs and the estimated time, start nothing")] = False,
+          ) -> None:
+    """Run the thesis experiment on this machine (``python -m bench.thesis``, with its own progress bar; needs `make dev-deps`)."""
+    if mode not in ("quick", "full"):
+        raise CliError(f"bench: mode must be quick or full, not {mode!r}", code=EXIT_BAD_INPUT)
+    # Not an API call: the experiment starts the stacks it measures, from this checkout.
+    command = [sys.executable, "-m", "bench.thesis", mode, *(["--dry-run"] if dry_run else [])]
+    code = subprocess.run(command, cwd=ROOT, check=False).returncode
+    if code:
+        raise CliError(f"bench: python -m bench.thesis {mode} exited with {code}", code=code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

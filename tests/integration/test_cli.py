@@ -202,6 +202,14 @@ def test_bad_input_is_one_line_and_exit_2(api):
     assert unknown.returncode == 2 and "--bogus" in one_line(unknown)
 
 
+def test_bench_runs_the_thesis_experiment_from_the_checkout(api):
+    planned = esp(api, "bench", "quick", "--dry-run", timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    assert planned.stdout.startswith("quick: ") and " runs of " in planned.stdout, planned.stdout
+    wrong = esp(api, "bench", "forever")
+    assert wrong.returncode == 2 and "quick or full" in one_line(wrong)
+
+
 def test_no_key_is_a_clear_401_line(api):
     result = esp(api, "keys", "list", key=None)
     assert result.returncode == 1
