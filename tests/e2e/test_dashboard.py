@@ -183,9 +183,16 @@ def test_the_plane_shows_every_node_and_moves_under_load(stack: UpStack, page: P
         while not stop.is_set():
             call(stack, "GET", "/api/v1/chain/block-number")
 
+    def rpc_load() -> None:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_getBalance", "params": [TREASURY, "latest"]}).encode()
+        while not stop.is_set():
+            request = urllib.request.Request(stack.rpc_url, data=body, headers={  # noqa: S310 - loopback only
+                "Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_KEY}"})
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+                assert "result" in json.loads(answer.read())
+
     with ThreadPoolExecutor(6) as readers:
-        for _ in range(4):
-            readers.submit(read_load)
+        loads = [readers.submit(read_load) for _ in range(3)] + [readers.submit(rpc_load)]
         try:
             # Plain accounts (0xda5b…): the lowest addresses are precompiles, some of which revert a bare transfer.
             transfers = [{"from": TREASURY, "to": f"0xda5b{i + 1:036x}", "value_wei": "1"} for i in range(TRANSFERS)]
@@ -203,6 +210,10 @@ def test_the_plane_shows_every_node_and_moves_under_load(stack: UpStack, page: P
                      lambda: f"confirmed transactions per second to rise: {page.inner_text('#pool-status')}", interval=0.3)
         finally:
             stop.set()
+        for load in loads:
+            load.result()  # a load that failed says why here
+    newest = dashboard_data(stack)["series"][-1]
+    assert newest["rpc"] and newest["requests"], newest  # the gateway's calls and the API's requests were counted
 
     ids = [t["id"] for t in accepted["tasks"]]
 

@@ -311,7 +311,8 @@
       legend: { live: false },
       plugins: zeroLine,
       scales: { x: { time: true, range: function (u, min, max) { return [Math.min(min, max - 60), max]; } }, y: { range: opts.range || function (u, min, max) { return [Math.min(0, min), Math.max(max * 1.15, opts.floor || 1)]; } } },
-      axes: [{ stroke: "#6b7785", grid: { stroke: "#eef1f4" } }, { stroke: "#6b7785", size: 48, grid: { stroke: "#eef1f4" } }],
+      axes: [{ stroke: "#6b7785", grid: { stroke: "#eef1f4" }, space: 70,
+               values: function (u, splits) { return splits.map(function (v) { return clock(v); }); } }, { stroke: "#6b7785", size: 48, grid: { stroke: "#eef1f4" } }],
       series: [{}].concat(series)
     }, [[]].concat(series.map(function () { return []; })), $(id));
     state.charts[id] = chart;
@@ -400,7 +401,7 @@
     var body = $("tasks").tBodies[0];
     if (!d.tasks.length) { body.innerHTML = '<tr><td colspan="5" class="empty">no tasks yet</td></tr>'; return; }
     body.innerHTML = d.tasks.map(function (t) {
-      return "<tr><td><a class=\"task-link\" href=\"" + esc(t.status_url) + "\" data-task=\"" + esc(t.id) + "\">" + esc(t.id.slice(0, 8)) + "…</a></td>" +
+      return "<tr><td><a class=\"task-link\" href=\"" + esc(t.status_url) + "\" data-task=\"" + esc(t.id) + "\">" + esc(t.id.slice(0, 8)) + "</a></td>" +
         "<td>" + esc(t.operation) + '</td><td class="state-' + esc(t.state) + '">' + esc(t.state) + "</td><td>" + esc(t.node || "–") +
         '</td><td class="num">' + esc(ago(t.updated_at, d.now)) + "</td></tr>";
     }).join("");
