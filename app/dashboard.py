@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, jsonify, request, send_from_directory
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import NotFound, ServiceUnavailable
 
 from app.auth import admin_required
 from app.context import pool, settings, task_store
@@ -90,7 +90,7 @@ def asset(name: str) -> Response:
 def vendor(name: str) -> Response:
     """uPlot's script and style from node_modules; 503 saying how to install it when npm has not."""
     if name not in VENDOR_FILES:
-        return send_from_directory(VENDOR, name)  # a 404 from the same place as any other missing file
+        raise NotFound(f"the dashboard serves only {', '.join(VENDOR_FILES)} from uPlot")
     if not (VENDOR / name).is_file():
         log.error("dashboard: %s is missing: run `npm ci` in %s (package.json pins uplot)", VENDOR / name, ROOT)
         raise ServiceUnavailable(f"the dashboard's charting library is not installed ({name}): run `npm ci` "

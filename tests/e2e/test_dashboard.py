@@ -132,7 +132,7 @@ def test_page_and_uplot_are_served_without_a_key(stack: UpStack) -> None:
         with urllib.request.urlopen(stack.base + path, timeout=10) as response:  # noqa: S310 - loopback only
             assert response.status == 200 and kind in response.headers["Content-Type"], (path, response.headers["Content-Type"])
             assert ADMIN_KEY.encode() not in response.read()
-    assert get_json(stack.base + "/dashboard/vendor/package.json")[0] == 404
+    assert get_json(stack.base + "/dashboard/vendor/uPlot.esm.js")[0] == 404  # only the two files the page loads
 
 
 # -- the page -------------------------------------------------------------------------------------------

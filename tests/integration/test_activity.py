@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import create_app
+from app import create_app, dashboard
 from nodepool.activity import RECENT_TASKS, REQUESTS_KEY, activity_on, count_on, note_tasks_on, parse_activity, recent_task_ids
 from services.records import TaskStore
 from tests.conftest import DB_DASHBOARD, fresh_redis, make_settings, redis_url
@@ -55,3 +55,11 @@ def test_the_api_counts_requests_but_not_probes_scrapes_or_the_dashboard(client,
     assert web.get("/api/v1/no-such-route").status_code == 404  # answered too: counted
     assert web.get("/api/v1/nodes", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert int(client.get(REQUESTS_KEY)) == 3
+
+
+def test_a_missing_uplot_is_a_503_saying_how_to_install_it(client, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(dashboard, "VENDOR", tmp_path / "node_modules" / "uplot" / "dist")  # as before `npm ci`
+    app = create_app(make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_DASHBOARD)))
+    answer = app.test_client().get("/dashboard/vendor/uPlot.iife.min.js")
+    assert answer.status_code == 503
+    assert "npm ci" in answer.get_json()["detail"]
