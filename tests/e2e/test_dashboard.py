@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -26,7 +27,7 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from settings import ROOT
 from tests.conftest import DB_DASHBOARD
-from tests.upstack import UpStack, get_json
+from tests.upstack import UpStack, get_json, stack_processes
 from tests.waiting import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -251,3 +252,28 @@ def test_the_plane_shows_every_node_and_moves_under_load(stack: UpStack, page: P
     expect(page.locator("#plane-note")).to_contain_text("zoomed")
     assert drawn_at() != whole
     page.locator(".plane-card").screenshot(path=str(ARTIFACTS / "dashboard-plane-zoomed.png"))
+
+
+def test_a_node_being_recycled_is_marked_in_zone_iii_and_its_events_listed(stack: UpStack, page: Page) -> None:
+    page.goto(stack.base + "/dashboard")
+    page.fill("#key-input", ADMIN_KEY)
+    page.click("#key-form button[type=submit]")
+    node = page.locator('#plane g[data-node="node-2"]')
+    expect(node).to_have_attribute("data-status", "up", timeout=30_000)
+    port = dashboard_data(stack)["nodes"][2]["url"].rsplit(":", 1)[1]
+    anvils = [p for p in stack_processes(stack.run_dir) if p.name() == "anvil" and port in p.cmdline()]
+    assert len(anvils) == 1, [p.cmdline() for p in anvils]
+    anvils[0].kill()  # node-2 dies: down, zone III, then drained and restarted by the recycler
+
+    def marked() -> bool:
+        return node.get_attribute("data-status") in ("draining", "recycling") and node.locator("circle.busy-ring").count() == 1
+
+    wait_for(marked, 60, lambda: f"node-2 to be drawn as draining or recycling; it is {node.get_attribute('data-status')}",
+             interval=0.1)
+    expect(node).to_have_class(re.compile(r"\bzone-III\b"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-recycling.png"), full_page=True)
+    expect(page.locator("#events")).to_contain_text("recycle-draining", timeout=10_000)
+    expect(node).to_have_attribute("data-status", "up", timeout=120_000)  # restarted, caught up, serving again
+    expect(page.locator("#events")).to_contain_text("recycle-done")
+    assert node.locator("circle.busy-ring").count() == 0
