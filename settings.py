@@ -75,6 +75,7 @@ class Settings:
     unlock_rate_limit: str = _setting("ESP_UNLOCK_RATE_LIMIT", "10 per minute", "password checks per account by unlock (REST and thesis routes together, whoever asks); 429 beyond")
     unlock_failure_limit: str = _setting("ESP_UNLOCK_FAILURE_LIMIT", "5 per 15 minutes; 20 per day", "wrong passwords per account; past them the account cannot be unlocked (429) until the window slides on")
     flower_port: int = _setting("ESP_FLOWER_PORT", 5555, "port Flower listens on")
+    flower_url: str = _setting("ESP_FLOWER_URL", "", "Flower as operators' browsers reach it (the dashboard links to it); empty: http://127.0.0.1:ESP_FLOWER_PORT")
     worker_concurrency: int = _setting("ESP_WORKER_CONCURRENCY", 2, "processes of the write worker")
     rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
     rpc_host: str = _setting("ESP_RPC_HOST", "127.0.0.1", "address the JSON-RPC gateway (POST /rpc) listens on")
@@ -222,6 +223,11 @@ class Settings:
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def flower_link(self) -> str:
+        """Where the dashboard sends operators for Flower."""
+        return self.flower_url or f"http://127.0.0.1:{self.flower_port}"
 
     @property
     def stale_after(self) -> float:

@@ -9,6 +9,7 @@ from app import (
     auth,
     chain,
     contracts_api,
+    dashboard,
     errors,
     events,
     guards,
@@ -52,12 +53,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     guards.install_guards(app, settings)  # first: a password in a URL is refused before anything reads it
     validation.install(app)
     auth.install(app)
+    dashboard.install(app)
     keys_api.register_cli(app)
     for module in (health, nodes, tasks_api, accounts, keys_api, metrics):
         app.register_blueprint(module.bp)
     app.register_blueprint(node_admin.bp)
     for module in (token, contracts_api, projects, chain, mining, events, openapi, thesis):
         app.register_blueprint(module.bp)
+    app.register_blueprint(dashboard.bp)
     guards.install_limits(app, settings, pool.redis)  # last: its hook keys on g.caller, which auth's hook sets
     return app
 

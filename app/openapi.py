@@ -184,6 +184,16 @@ def paths() -> dict[str, Any]:
                                               {"200": ok("image", {"type": "string"}, media="image/svg+xml")}, tags=["pool"])},
         "/api/v1/nodes/plane": {"get": op("A page redrawing the state plane every second",
                                           {"200": ok("page", {"type": "string"}, media="text/html")}, tags=["pool"])},
+        "/api/v1/dashboard": {"get": op(
+            "What the operators' dashboard (/dashboard) draws: the pool with each node's point in the state plane, the "
+            "activity series since `since` (LBH, totals of requests, gateway calls and confirmed transactions, queue "
+            "lengths), recent node events and tasks, Flower's address",
+            {"200": ok("the dashboard's data", obj({
+                "now": {"type": "number"}, "pool": OBJECT, "nodes": {"type": "array", "items": OBJECT},
+                "series": {"type": "array", "items": OBJECT}, "queues": {"type": "array", "items": {"type": "string"}},
+                "events": {"type": "array"}, "tasks": {"type": "array"}, "flower_url": {"type": "string"}}))},
+            tags=["pool"], admin=True,
+            params=[query("since", {"type": "number", "minimum": 0}, "only the points after this Unix time (the last point's t)")])},
         "/api/v1/tasks/{task_id}": {"get": op(
             "A write task's state (queued, waiting, running, broadcast, confirmed, failed), node, result or error; "
             "for the key that submitted it, or an admin",

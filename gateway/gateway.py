@@ -50,6 +50,7 @@ from gateway.methods import BlockNeed, Kind, block_need
 from gateway.protocol import INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, Call, RpcFault, check, error_reply
 from gateway.sending import RawSender, producer
 from gateway.state import Deferred, Shared
+from nodepool.activity import count_on
 from nodepool.aiorpc import AsyncRpcClient
 from nodepool.placement import Placement
 from nodepool.pool import Pool
@@ -176,6 +177,7 @@ class Gateway:
             metrics.REQUESTS.labels(call.method.name, outcome).inc()
             metrics.LATENCY.labels(call.method.name).observe(time.perf_counter() - started)
             replies.append(None if call.notification else reply)
+        count_on(self._writes, "rpc", sum(isinstance(c, Call) for c in calls))  # sent with the other queued writes
         return replies
 
     def _cacheable(self, call: Call) -> bool:

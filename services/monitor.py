@@ -46,6 +46,7 @@ from typing import Any
 
 from balancer import STATUS_DOWN, STATUS_UP, BalancerConfig, Calibrator, NodeSample, Snapshot, build_snapshot
 from errors import EspError, NodeUnreachable, RpcError
+from nodepool.activity import activity_on, parse_activity
 from nodepool.codec import as_text
 from nodepool.events import record_event
 from nodepool.pool import Pool
@@ -248,8 +249,12 @@ def load_calibration(raw: bytes | str | None, config: BalancerConfig) -> Calibra
     return Calibrator.start(config)
 
 
-def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None = None) -> Snapshot:
-    """Sample every registered node, store the new snapshot, its history entry and any events; return it."""
+def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None = None, queues: Sequence[str] = ()) -> Snapshot:
+    """Sample every registered node, store the new snapshot, its history entry and any events; return it.
+
+    The history entry also carries the platform's running totals and the lengths of ``queues``
+    (``nodepool.activity``), read in the same round trip as the previous snapshot.
+    """
     started = time.perf_counter()
     settings = pool.settings
     config = balancer_config(settings)
@@ -262,7 +267,9 @@ def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None
     pipe.get(CALIBRATION_KEY)
     pipe.hgetall(NODE_STATUS_KEY)
     pipe.hgetall(SYNC_KEY)
-    raw_previous, raw_calibration, raw_overrides, raw_sync = pipe.execute()
+    activity_on(pipe, queues)
+    raw_previous, raw_calibration, raw_overrides, raw_sync, *raw_activity = pipe.execute()
+    activity = parse_activity(raw_activity, queues)
     overrides = {as_text(k): as_text(v) for k, v in (raw_overrides or {}).items()}
     sync = parse_sync_statuses(raw_sync)
 
@@ -318,7 +325,7 @@ def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None
     pipe = pool.redis.pipeline(transaction=False)
     pipe.set(SNAPSHOT_KEY, json.dumps(document), px=ttl_ms)
     pipe.set(CALIBRATION_KEY, json.dumps(calibration.to_dict()))
-    pipe.lpush(SNAPSHOT_HISTORY_KEY, json.dumps(history_entry(snapshot)))
+    pipe.lpush(SNAPSHOT_HISTORY_KEY, json.dumps(history_entry(snapshot, activity)))
     pipe.ltrim(SNAPSHOT_HISTORY_KEY, 0, HISTORY_LENGTH - 1)
     pipe.execute()
 
@@ -336,10 +343,11 @@ def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None
     return snapshot
 
 
-def history_entry(snapshot: Snapshot) -> dict[str, Any]:
-    """The compact form of a snapshot kept in the history: per node distance, zone, status and state."""
+def history_entry(snapshot: Snapshot, activity: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The compact form of a snapshot kept in the history: per node distance, zone, status and state, and the
+    platform's ``activity`` when given (running totals and queue lengths: ``nodepool.activity.parse_activity``)."""
     pool = snapshot.pool
-    return {
+    entry: dict[str, Any] = {
         "t": round(pool.taken_at, 3), "lbh": round(pool.lbh, 4), "dis_ave": round(pool.dis_ave, 4), "paused": pool.paused,
         "nodes": {
             n.id: {"d": round(n.distance, 4), "z": n.zone, "s": n.status, "i": n.inflight,
@@ -347,6 +355,9 @@ def history_entry(snapshot: Snapshot) -> dict[str, Any]:
             for n in snapshot.nodes
         },
     }
+    if activity is not None:
+        entry["activity"] = dict(activity)
+    return entry
 
 
 def _previous_nodes(raw: bytes | str | None) -> dict[str, dict[str, Any]]:

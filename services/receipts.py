@@ -31,6 +31,7 @@ from eth_account.signers.local import LocalAccount
 
 from contracts import decode_revert
 from errors import EspError, NodeUnreachable, RpcError
+from nodepool.activity import count_on
 from nodepool.failover import NoNodeAnswered, first_answer
 from nodepool.rpc import RpcClient, to_int
 from services.plans import OPERATIONS
@@ -243,6 +244,7 @@ def _finish(store: TaskStore, watch: ReceiptWatch, client: RpcClient, finished: 
                     result["hook_error"] = str(exc)
             if apply(record, state=CONFIRMED, result=result):
                 written.append(record)
+                count_on(pipe, "confirmed", len(found))  # the dashboard's confirmed transactions per second
             counts["confirmed"] += 1
         else:
             reason = revert_reason(client, failed["transactionHash"])

@@ -24,6 +24,7 @@ import redis
 from redis.client import Pipeline
 
 from errors import NotFound
+from nodepool.activity import note_tasks_on
 
 TASK_KEY = "esp:task:{}"
 TASK_CHANNEL = "esp:task-events:{}"
@@ -113,6 +114,7 @@ class TaskStore:
         """Queue the writes of ``records`` (changed with ``apply``) on ``pipe``; the caller executes it."""
         for record in records:
             self._queue(record, pipe)
+        note_tasks_on(pipe, {record.id: record.updated_at for record in records})
 
     def wait(self, task_id: str, timeout: float) -> TaskRecord:
         """Return the record once it is final, or as it is after ``timeout`` seconds."""
@@ -137,6 +139,7 @@ class TaskStore:
     def _write(self, record: TaskRecord) -> None:
         pipe = self.redis.pipeline()
         self._queue(record, pipe)
+        note_tasks_on(pipe, {record.id: record.updated_at})
         pipe.execute()
 
     def _queue(self, record: TaskRecord, pipe: Pipeline) -> None:

@@ -32,7 +32,7 @@ from services.platform import ensure_platform
 from services.receipts import track
 from services.recycler import recycle_step
 from tasks.context import worker
-from tasks.routing import CONTROL_QUEUE
+from tasks.routing import CONTROL_QUEUE, QUEUES
 from tasks.writes import DRAIN_SENDER, enqueue_on
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def sample_pool_task(self: Task) -> None:
             log.info("previous pool sample still running: skipped")
             return
         try:
-            sample_pool(pool, w.sampler)
+            sample_pool(pool, w.sampler, queues=QUEUES)
         finally:
             try:
                 lock.release()
