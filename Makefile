@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up install deps dev-deps node-tools redis redis-bin test lint typecheck unit integration reliability bench image dockerd clean
+.PHONY: up install deps dev-deps node-tools redis redis-bin test lint typecheck unit integration reliability bench image images dockerd clean
 
 up: install
 	@scripts/up.sh
@@ -72,6 +72,10 @@ bench: install dev-deps
 
 image: install
 	scripts/build-image.sh
+
+# Every image compose/esp.yml runs (the Debian base by debootstrap, ESP, the anvil image), with no registry.
+images: install
+	scripts/build-images.sh
 
 dockerd:
 	scripts/dockerd.sh start
