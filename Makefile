@@ -74,7 +74,7 @@ image: install
 	scripts/build-image.sh
 
 # Every image compose/esp.yml runs (the Debian base by debootstrap, ESP, the anvil image), with no registry.
-images: install
+images: deps node-tools
 	scripts/build-images.sh
 
 dockerd:

@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -114,6 +115,21 @@ class ComposeStack:
         """The anvil containers the stack's node manager runs (named esp-<node id>, labelled esp.node)."""
         return [c for c in self.client.containers.list(all=True, filters={"label": "esp.node"}) if c.name.startswith("esp-node-")]
 
+    def service_container(self, service: str) -> Any:
+        labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]
+        found = self.client.containers.list(filters={"label": labels})
+        assert len(found) == 1, f"one running {service} container expected, found {[c.name for c in found]}"
+        return found[0]
+
+    @staticmethod
+    def main_pid(container: Any, command: str) -> int:
+        """The host pid of the container's process whose command line holds ``command`` (the engine's `top`)."""
+        top = container.top()
+        pid, cmd = top["Titles"].index("PID"), top["Titles"].index("CMD")
+        pids = [int(row[pid]) for row in top["Processes"] if command in row[cmd] and "tini" not in row[cmd]]
+        assert len(pids) == 1, f"one process running {command!r} expected in {container.name}: {top['Processes']}"
+        return pids[0]
+
     def project_leftovers(self) -> list[str]:
         label = f"com.docker.compose.project={self.project}"
         containers = [c.name for c in self.client.containers.list(all=True, filters={"label": label})]
@@ -155,7 +171,7 @@ def stack(docker_engine: str) -> Iterator[ComposeStack]:
         assert not left, f"left behind after docker-compose down -v: {left}"
 
 
-def test_stack_in_containers_confirms_a_transfer_and_brings_back_a_killed_node(stack: ComposeStack) -> None:
+def test_stack_in_containers_confirms_a_transfer_and_brings_back_killed_parts(stack: ComposeStack) -> None:
     def ready() -> dict[str, Any] | None:
         status, body = stack.request("GET", "/readyz", timeout=5)
         if status == 200 and body["nodes_registered"] == NODE_COUNT and body["nodes_answering"] == NODE_COUNT:
@@ -196,12 +212,27 @@ def test_stack_in_containers_confirms_a_transfer_and_brings_back_a_killed_node(s
                     if (e.get("node"), e.get("kind")) == (victim["id"], "recycle-done") and e.get("at", 0) >= killed_at]
         _, now = stack.request("GET", "/api/v1/nodes")
         node = next((n for n in now.get("nodes", []) if n["id"] == victim["id"]), None)
-        caught_up = node is not None and node.get("alive") and (node.get("generation") or 0) > generation \
-            and node.get("lag") is not None and node["lag"] <= 2
+        # Serving again: up in zone I or II (zone III while it recycles), a new generation, caught up with the leader.
+        caught_up = node is not None and node.get("alive") and node["status"] == "up" and node["zone"] in ("I", "II") \
+            and (node.get("generation") or 0) > generation and node.get("lag") is not None and node["lag"] <= 2
         return node if recycled and caught_up else None
 
-    node = wait_for(back, RECYCLE_TIMEOUT, lambda: stack.explain(
+    wait_for(back, RECYCLE_TIMEOUT, lambda: stack.explain(
         f"{victim['id']} to be recycled and caught up; events: {stack.request('GET', '/api/v1/nodes/events')[1]}; "
         f"nodes: {stack.request('GET', '/api/v1/nodes')[1]}"), interval=1.0)
     assert stack.client.containers.get(f"esp-{victim['id']}").status == "running"
-    assert node["zone"] in ("I", "II"), node
+
+    # The node manager crashes: the engine restarts it (restart: unless-stopped), and the new one replaces
+    # the anvil containers the crashed one left running with a fresh devnet of its own.
+    before = {c.name: c.id for c in stack.node_containers()}
+    manager = stack.service_container("nodes")
+    os.kill(stack.main_pid(manager, "-m nodes"), signal.SIGKILL)
+
+    def replaced() -> bool:
+        manager.reload()
+        now = {c.name: c.id for c in stack.node_containers() if c.status == "running"}
+        return (manager.attrs["RestartCount"] >= 1 and sorted(now) == sorted(before)
+                and not set(now.values()) & set(before.values()) and ready() is not None)
+
+    wait_for(replaced, RECYCLE_TIMEOUT, lambda: stack.explain(
+        f"the restarted node manager to replace {sorted(before)} and the stack to be ready again"), interval=1.0)
