@@ -8,6 +8,8 @@
 # compiled artifacts are committed (contracts/build/), so no compiler either.
 ARG BASE=esp-debian:bookworm
 FROM ${BASE}
+# scripts/build-images.sh prunes the dangling images this label marks (the ones a rebuild replaced).
+LABEL org.opencontainers.image.title=esp
 
 # An unprivileged user for every process but the node manager (which needs the engine's socket).
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/esp --create-home --shell /usr/sbin/nologin esp

@@ -70,21 +70,24 @@ cas="$( ((${#LOCAL_CAS[@]})) && cat "${LOCAL_CAS[@]}" | sha256sum | cut -c1-16 |
 want="$SUITE minbase $PACKAGES local-cas:$cas"
 if [[ -n "$rebuild_base" || ! -s "$TARBALL" || "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
-  [[ "$(id -u)" == 0 ]] || die "debootstrap needs root (it chroots and creates device files)"
+  # debootstrap chroots and creates device files: root, or passwordless sudo.
+  if [[ "$(id -u)" == 0 ]]; then root=(); elif sudo -n true 2>/dev/null; then root=(sudo -n); else
+    die "debootstrap needs root (it chroots and creates device files): run as root or with passwordless sudo"; fi
   work="$IMAGES/rootfs.tmp"
-  rm -rf "$work" "$TARBALL" "$IMPORTED"
+  "${root[@]}" rm -rf "$work"
+  rm -f "$TARBALL" "$IMPORTED"
   say "debootstrap $SUITE (minbase: $PACKAGES) from $MIRROR"
-  step "debootstrap" debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work" "$MIRROR"
+  step "debootstrap" "${root[@]}" debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$work" "$MIRROR"
   if ((${#LOCAL_CAS[@]})); then
-    cp "${LOCAL_CAS[@]}" "$work/usr/local/share/ca-certificates/"
-    step "trust the machine's CAs" chroot "$work" update-ca-certificates
+    "${root[@]}" cp "${LOCAL_CAS[@]}" "$work/usr/local/share/ca-certificates/"
+    step "trust the machine's CAs" "${root[@]}" chroot "$work" update-ca-certificates
   fi
   # What an image does not need: downloaded packages, package lists (an image that installs more runs apt-get update).
-  rm -rf "$work"/var/cache/apt/archives/*.deb "$work"/var/lib/apt/lists/* "$work"/var/log/* "$work"/tmp/*
-  step "tar the root file system" tar --numeric-owner -C "$work" -cf "$TARBALL.tmp" .
+  "${root[@]}" sh -c 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/* "$1"/var/log/* "$1"/tmp/*' - "$work"
+  step "tar the root file system" "${root[@]}" tar --numeric-owner -C "$work" -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
   echo "$want" > "$STAMP"
-  rm -rf "$work"
+  "${root[@]}" rm -rf "$work"
 fi
 sha="$(sha256sum "$TARBALL" | cut -d' ' -f1)"
 if [[ "$(cat "$IMPORTED" 2>/dev/null)" != "$BASE_TAG $sha" ]] || ! docker image inspect "$BASE_TAG" >/dev/null 2>&1; then
@@ -101,6 +104,9 @@ fi
 # 2. ESP itself (the engine's layer cache makes an unchanged requirements.txt free).
 step "build $ESP_TAG" docker build --force-rm --network host --build-arg "BASE=$BASE_TAG" \
   -f compose/esp.Dockerfile -t "$ESP_TAG" .
+
+# The image a rebuild replaced (untagged now), and only ESP's own (its label).
+docker image prune -f --filter "label=org.opencontainers.image.title=esp" >/dev/null || true
 
 # 3. The node image (rebuilt only when node_modules' anvil changed).
 step "build the anvil image" scripts/build-image.sh
