@@ -5,7 +5,8 @@
 #   docker build --network host -f compose/esp.Dockerfile -t esp:latest .
 #
 # The nodes themselves run in their own esp-anvil containers, so no anvil and no Node.js here; the contracts'
-# compiled artifacts are committed (contracts/build/), so no compiler either.
+# compiled artifacts are committed (contracts/build/), so no compiler either. Of node_modules only the
+# dashboard's uPlot files come in (.dockerignore): run `npm ci` (make install) before building.
 ARG BASE=esp-debian:bookworm
 FROM ${BASE}
 # scripts/build-images.sh prunes the dangling images this label marks (the ones a rebuild replaced).

@@ -101,7 +101,12 @@ else
   say "$BASE_TAG is up to date"
 fi
 
-# 2. ESP itself (the engine's layer cache makes an unchanged requirements.txt free).
+# 2. ESP itself, with the dashboard's uPlot from node_modules (.dockerignore lets only those two files in).
+if [[ -L node_modules || ! -f node_modules/uplot/dist/uPlot.iife.min.js ]]; then
+  say "warning: node_modules/uplot is missing (or node_modules is a symlink the build cannot follow):" \
+      "the image's /dashboard will draw no charts; run npm ci (make install) first"
+fi
+# The engine's layer cache makes an unchanged requirements.txt free.
 step "build $ESP_TAG" docker build --force-rm --network host --build-arg "BASE=$BASE_TAG" \
   -f compose/esp.Dockerfile -t "$ESP_TAG" .
 
