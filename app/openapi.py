@@ -157,6 +157,11 @@ def paths() -> dict[str, Any]:
                                               {"200": ok("image", {"type": "string"}, media="image/svg+xml")}, tags=["pool"])},
         "/api/v1/nodes/plane": {"get": op("A page redrawing the state plane every second",
                                           {"200": ok("page", {"type": "string"}, media="text/html")}, tags=["pool"])},
+        "/api/v1/metrics/targets": {"get": op(
+            "Where the workers', control worker's and beat's /metrics are: Prometheus HTTP service discovery",
+            {"200": ok("target groups", {"type": "array", "items": obj({
+                "targets": {"type": "array", "items": {"type": "string"}}, "labels": OBJECT})})},
+            tags=["pool"], admin=True)},
         "/api/v1/tasks/{task_id}": {"get": op(
             "A write task's state (queued, waiting, running, broadcast, confirmed, failed), node, result or error; "
             "for the key that submitted it, or an admin",
