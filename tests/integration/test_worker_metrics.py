@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +22,21 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.serving import make_server
 
+from nodes.process import free_port
 from services.exporters import EXPORTERS_KEY, ROLE_BEAT, ROLE_CONTROL, ROLE_WORKER, Exporter, ExporterRegistry, http_sd
 from settings import ROOT
 from tasks.routing import TASK_CLASSES
-from tests.conftest import DB_WORKER_METRICS, fresh_redis
+from tests.conftest import DB_WORKER_METRICS, fresh_redis, stop_process
 from tests.stack import LocalStack
 from tests.waiting import wait_for
 
 ADMIN_KEY = "worker-metrics-admin-key"
 DASHBOARD = ROOT / "compose" / "grafana" / "esp-dashboard.json"
+PROMETHEUS_YML = ROOT / "compose" / "prometheus" / "prometheus.yml"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -251,3 +257,69 @@ def test_every_metric_the_dashboard_uses_is_exposed_by_the_running_stack(stack: 
     used = dashboard_metrics() - PROMETHEUS_OWN
     assert len(used) >= 10, used  # the parse found the expressions
     assert used <= exposed, f"the dashboard uses metrics no exporter shows: {sorted(used - exposed)}"
+
+
+# -- a real Prometheus, with compose/'s config, finds and scrapes the workers ----------------------
+
+
+def prometheus_config(stack: LocalStack, api: str, rpc: str, key_file: Path) -> dict:
+    """compose/prometheus/prometheus.yml with the test's ports (the API and gateway are on free ports here) and
+    faster intervals; everything else (jobs, paths, the discovery route and how it is authorised) as shipped."""
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    jobs["esp-api"]["static_configs"][0]["targets"] = [api]
+    jobs["esp-rpc"]["static_configs"][0]["targets"] = [rpc]
+    (sd,) = jobs["esp-celery"]["http_sd_configs"]
+    sd["url"] = sd["url"].replace("127.0.0.1:8000", api)
+    sd["refresh_interval"] = "1s"
+    sd["authorization"]["credentials_file"] = str(key_file)
+    config["scrape_configs"] = [job for name, job in jobs.items() if name != "flower"]  # no Flower in this stack
+    return config
+
+
+def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_process(stack: LocalStack, tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: install Debian's prometheus package (apt-get install prometheus; .ci/run does)")
+    api_server = make_server("127.0.0.1", 0, stack.app, threaded=True)
+    threading.Thread(target=api_server.serve_forever, daemon=True).start()
+    rpc = stack.serve_rpc().removeprefix("http://").removesuffix("/rpc")
+    key_file = tmp_path / "esp-admin.key"
+    key_file.write_text(ADMIN_KEY)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(stack, f"127.0.0.1:{api_server.server_port}", rpc, key_file)))
+    web = f"127.0.0.1:{free_port()}"
+    with open(tmp_path / "prometheus.log", "ab") as log:
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+                                 f"--web.listen-address={web}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def ups() -> dict[tuple[str, str], float] | None:
+            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
+            try:
+                answer = requests.get(f"http://{web}/api/v1/query", params={"query": "up"}, timeout=5).json()
+            except requests.ConnectionError:
+                return None
+            found = {(r["metric"]["job"], r["metric"].get("role", "")): float(r["value"][1]) for r in answer["data"]["result"]}
+            wanted = {("esp-api", ""), ("esp-rpc", ""), ("esp-celery", ROLE_WORKER), ("esp-celery", ROLE_CONTROL),
+                      ("esp-celery", ROLE_BEAT)}
+            return found if set(found) >= wanted and all(found[k] == 1 for k in wanted) else None
+
+        def targets_now() -> str:
+            try:
+                return requests.get(f"http://{web}/api/v1/targets", timeout=5).text[-3000:]
+            except requests.ConnectionError:
+                return (tmp_path / "prometheus.log").read_text()[-3000:]
+
+        wait_for(ups, 60, lambda: f"Prometheus to scrape the API, the gateway, a worker, the control worker and beat: {targets_now()}")
+
+        def deploys() -> float | None:
+            answer = requests.get(f"http://{web}/api/v1/query", timeout=5, params={
+                "query": 'sum(esp_tasks_total{job="esp-celery", class="deploy", outcome="succeeded"})'}).json()
+            result = answer["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+
+        assert wait_for(deploys, 30, "Prometheus to hold the write worker's count of deploys") >= 1
+    finally:
+        stop_process(proc)
+        api_server.shutdown()
