@@ -323,3 +323,22 @@ def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_p
     finally:
         stop_process(proc)
         api_server.shutdown()
+
+
+def test_a_second_worker_registers_a_port_of_its_own_and_a_stopped_one_leaves_the_list(stack: LocalStack) -> None:
+    """As ``--scale worker=2`` on one host: two exporters, two ports; a worker stopped deregisters as it ends."""
+    first = by_role(stack)[ROLE_WORKER]
+    stack.start_writers(1)
+    second = stack.writers[-1]
+
+    workers = wait_for(lambda: w if len(w := targets(stack).get(ROLE_WORKER, [])) == 2 else None, 30,
+                       lambda: f"the second worker to register: {targets(stack)}")
+    assert first in workers and len({address.rsplit(":", 1)[1] for address in workers}) == 2
+    for address in workers:
+        assert ("esp_tasks_total", (("class", "deploy"), ("outcome", "succeeded"))) in scrape(address)
+
+    stop_process(second)
+    stack.writers.remove(second)
+
+    wait_for(lambda: targets(stack).get(ROLE_WORKER) == [first], 10,  # well within the TTL: it deregistered
+             lambda: f"the stopped worker to leave the list: {targets(stack)}")
