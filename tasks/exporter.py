@@ -106,7 +106,12 @@ def serve(settings: Settings, role: str) -> Exporter | None:
         return None
     registry = CollectorRegistry()
     WorkerCollector(registry)
-    httpd, _ = start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=registry)
+    try:
+        httpd, _ = start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=registry)
+    except OSError as exc:  # a fixed ESP_WORKER_METRICS_PORT another process holds: work on, unseen by Prometheus
+        log.error("metrics of this %s not served on %s:%d: %s (ESP_WORKER_METRICS_PORT=0 takes a free port)",
+                  role, settings.worker_metrics_host, settings.worker_metrics_port, exc)
+        return None
     host = settings.worker_metrics_host
     if host in _WILDCARDS:
         host = socket.getfqdn()
