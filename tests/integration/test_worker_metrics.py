@@ -278,6 +278,18 @@ def prometheus_config(stack: LocalStack, api: str, rpc: str, key_file: Path) -> 
     return config
 
 
+def query(web: str, promql: str) -> list[dict] | None:
+    """The result of an instant query; None while Prometheus does not answer yet (starting: no socket, or a 503)."""
+    try:
+        response = requests.get(f"http://{web}/api/v1/query", params={"query": promql}, timeout=5)
+    except requests.ConnectionError:
+        return None
+    if response.status_code != 200:
+        return None
+    result: list[dict] = response.json()["data"]["result"]
+    return result
+
+
 def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_process(stack: LocalStack, tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -296,11 +308,10 @@ def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_p
     try:
         def ups() -> dict[tuple[str, str], float] | None:
             assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-3000:]
-            try:
-                answer = requests.get(f"http://{web}/api/v1/query", params={"query": "up"}, timeout=5).json()
-            except requests.ConnectionError:
+            answer = query(web, "up")
+            if answer is None:
                 return None
-            found = {(r["metric"]["job"], r["metric"].get("role", "")): float(r["value"][1]) for r in answer["data"]["result"]}
+            found = {(r["metric"]["job"], r["metric"].get("role", "")): float(r["value"][1]) for r in answer}
             wanted = {("esp-api", ""), ("esp-rpc", ""), ("esp-celery", ROLE_WORKER), ("esp-celery", ROLE_CONTROL),
                       ("esp-celery", ROLE_BEAT)}
             return found if set(found) >= wanted and all(found[k] == 1 for k in wanted) else None
@@ -314,9 +325,7 @@ def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_p
         wait_for(ups, 60, lambda: f"Prometheus to scrape the API, the gateway, a worker, the control worker and beat: {targets_now()}")
 
         def deploys() -> float | None:
-            answer = requests.get(f"http://{web}/api/v1/query", timeout=5, params={
-                "query": 'sum(esp_tasks_total{job="esp-celery", class="deploy", outcome="succeeded"})'}).json()
-            result = answer["data"]["result"]
+            result = query(web, 'sum(esp_tasks_total{job="esp-celery", class="deploy", outcome="succeeded"})')
             return float(result[0]["value"][1]) if result else None
 
         assert wait_for(deploys, 30, "Prometheus to hold the write worker's count of deploys") >= 1
