@@ -291,6 +291,7 @@ def query(web: str, promql: str) -> list[dict] | None:
 
 
 def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_process(stack: LocalStack, tmp_path: Path) -> None:
+    """... and then answers every query of the dashboard with data."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus is missing: install Debian's prometheus package (apt-get install prometheus; .ci/run does)")
@@ -329,6 +330,18 @@ def test_a_real_prometheus_with_the_shipped_config_discovers_and_scrapes_every_p
             return float(result[0]["value"][1]) if result else None
 
         assert wait_for(deploys, 30, "Prometheus to hold the write worker's count of deploys") >= 1
+
+        # Every query of the dashboard parses (Prometheus answers 400 to one that does not) and has data.
+        requests.post(f"http://{rpc}/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []},
+                      headers={"Authorization": f"Bearer {stack.user_key}"}, timeout=10).raise_for_status()
+        exprs = [t["expr"].replace("$node", ".*") for panel in json.loads(DASHBOARD.read_text())["panels"]
+                 for t in panel.get("targets", [])]
+        for expr in exprs:
+            response = requests.get(f"http://{web}/api/v1/query", params={"query": expr}, timeout=5)
+            assert response.status_code == 200, f"{expr}: {response.text}"
+
+        wait_for(lambda: all(query(web, expr) for expr in exprs), 30,
+                 lambda: "every dashboard query to return data; still empty: " + str([e for e in exprs if not query(web, e)]))
     finally:
         stop_process(proc)
         api_server.shutdown()
