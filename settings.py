@@ -77,6 +77,8 @@ class Settings:
     flower_port: int = _setting("ESP_FLOWER_PORT", 5555, "port Flower listens on")
     flower_url: str = _setting("ESP_FLOWER_URL", "", "Flower as operators' browsers reach it (the dashboard links to it); empty: http://127.0.0.1:ESP_FLOWER_PORT")
     worker_concurrency: int = _setting("ESP_WORKER_CONCURRENCY", 2, "processes of the write worker")
+    worker_metrics_host: str = _setting("ESP_WORKER_METRICS_HOST", "127.0.0.1", "address each worker, control worker and beat serves its Prometheus /metrics on (registered in Redis for GET /api/v1/metrics/targets)")
+    worker_metrics_port: int = _setting("ESP_WORKER_METRICS_PORT", 0, "port of that /metrics; 0 picks a free port per process, so scaled workers never collide")
     rpc_timeout: float = _setting("ESP_RPC_TIMEOUT", 5.0, "seconds a JSON-RPC call to a node may take")
     rpc_host: str = _setting("ESP_RPC_HOST", "127.0.0.1", "address the JSON-RPC gateway (POST /rpc) listens on")
     rpc_port: int = _setting("ESP_RPC_PORT", 8545, "port the JSON-RPC gateway listens on (a web3 client's provider URL is http://host:port/rpc)")
@@ -210,6 +212,8 @@ class Settings:
         for name, port in (("ESP_API_PORT", self.api_port), ("ESP_FLOWER_PORT", self.flower_port)):
             if not 1 <= port <= 65535:
                 raise ConfigError(f"{name} must be a TCP port (1..65535), not {port}")
+        if not 0 <= self.worker_metrics_port <= 65535:
+            raise ConfigError(f"ESP_WORKER_METRICS_PORT must be a TCP port (1..65535) or 0 (a free one), not {self.worker_metrics_port}")
         if self.env == "production":
             if self.secret_key == DEV_SECRET_KEY:
                 raise ConfigError("ESP_SECRET_KEY must be set in production (the development default is public)")

@@ -1,5 +1,8 @@
 """``GET /metrics``: the pool, the queues and the receipt backlog, plus every process metric, in Prometheus' text format.
 
+``GET /api/v1/metrics/targets`` (admin): where the workers', control worker's and beat's own
+``/metrics`` are, as Prometheus' HTTP service discovery reads them (``services.exporters``).
+
 Two sources, one page, written out by ``prometheus_client``:
 
 - ``PoolCollector`` reads, at scrape time, what is already in Redis: the balancer's
@@ -16,16 +19,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, jsonify
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from app.auth import admin_required
 from app.context import pool, settings
 from nodepool.pool import Pool
 from nodepool.snapshot import load_snapshot
+from services.exporters import ExporterRegistry, http_sd
 from services.watch import ReceiptWatch
 from tasks.routing import QUEUES
 
@@ -113,3 +118,10 @@ def metrics() -> Response:
     """Prometheus metrics of the pool, queues and receipt tracking, and of ESP's processes."""
     collector = PoolCollector(pool(), stale_after=settings().stale_after)
     return Response(generate_latest(scrape_registry(collector)), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+@bp.get("/api/v1/metrics/targets")
+@admin_required
+def targets() -> Response:
+    """Prometheus HTTP service discovery: the live Celery exporters, one target group per role (worker, control, beat)."""
+    return jsonify(http_sd(ExporterRegistry(pool().redis).live()))

@@ -194,6 +194,11 @@ def paths() -> dict[str, Any]:
                 "events": {"type": "array"}, "tasks": {"type": "array"}, "flower_url": {"type": "string"}}))},
             tags=["pool"], admin=True,
             params=[query("since", {"type": "number", "minimum": 0}, "only the points after this Unix time (the last point's t)")])},
+        "/api/v1/metrics/targets": {"get": op(
+            "Where the workers', control worker's and beat's /metrics are: Prometheus HTTP service discovery",
+            {"200": ok("target groups", {"type": "array", "items": obj({
+                "targets": {"type": "array", "items": {"type": "string"}}, "labels": OBJECT})})},
+            tags=["pool"], admin=True)},
         "/api/v1/tasks/{task_id}": {"get": op(
             "A write task's state (queued, waiting, running, broadcast, confirmed, failed), node, result or error; "
             "for the key that submitted it, or an admin",

@@ -9,5 +9,6 @@ rules (``access``) and, for the node manager's work, the backends.
   ``sending`` (sign and broadcast), ``watch`` and ``receipts`` (settling what was broadcast);
 - the business: ``accounts``, ``market`` (token, deploys, projects), ``files``, ``views`` (contract reads),
   ``platform`` (the deployed platform and deploying it), ``fields`` (field checks naming the field);
-- the pool's upkeep: ``monitor`` (sampling into the snapshot), ``recycler``, ``mining``.
+- the pool's upkeep: ``monitor`` (sampling into the snapshot), ``recycler``, ``mining``;
+- ``exporters``: where the Celery processes' Prometheus metrics are (a TTL registry in Redis).
 """

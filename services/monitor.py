@@ -44,6 +44,8 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Gauge, Histogram
+
 from balancer import STATUS_DOWN, STATUS_UP, BalancerConfig, Calibrator, NodeSample, Snapshot, build_snapshot
 from errors import EspError, NodeUnreachable, RpcError
 from nodepool.activity import activity_on, parse_activity
@@ -74,6 +76,12 @@ QUICK_FAILURE_SHARE = 0.25
 #: Seconds a backend that could not be built (engine down) is left alone before trying again.
 BACKEND_RETRY = 30.0
 MONITOR_LOCK_KEY = "esp:monitor:lock"
+
+SAMPLE_SECONDS = Histogram("esp_monitor_sample_seconds", "time one sample of the whole pool took (probes, stats, snapshot)",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+#: When the last snapshot was taken (Unix time): ``time() - this`` is how stale the pool's view is.
+LAST_SAMPLE = Gauge("esp_monitor_last_sample_timestamp_seconds", "Unix time of the newest pool sample this process took",
+                    multiprocess_mode="mostrecent")
 
 
 @dataclass(frozen=True)
@@ -339,6 +347,8 @@ def sample_pool(pool: Pool, backend_stats: ResourceSampler, *, now: float | None
         elif before.get("zone") != view.zone:
             record_event(pool.redis, "zone-changed", view.id, old=before.get("zone"), new=view.zone,
                          reason=view.zone_reason, distance=round(view.distance, 4), dis_ave=round(snapshot.pool.dis_ave, 4))
+    SAMPLE_SECONDS.observe(time.perf_counter() - started)
+    LAST_SAMPLE.set(taken_at)
     log.debug("sampled %d nodes in %.1f ms", len(specs), document["pool"]["sample_ms"])
     return snapshot
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from prometheus_client import Counter
 
 from contracts import decode_revert
 from errors import EspError, NodeUnreachable, RpcError
@@ -55,6 +56,8 @@ CLOCK_SKEW = 0.1
 REBROADCAST_EVERY = 5.0
 #: A replacement raises both fee caps by this much (geth and anvil need at least 10%).
 BUMP_PERCENT = 15
+
+FEE_BUMPS = Counter("esp_fee_bumps", "transactions not mined by their deadline, replaced with fees raised by BUMP_PERCENT")
 
 
 def receipt_fields(receipt: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +270,7 @@ def _replace(store: TaskStore, watch: ReceiptWatch, clients: Sequence[RpcClient]
                                          f"cannot be replaced: {exc}"})
             continue
         new = replace(account, p, BUMP_PERCENT)
+        FEE_BUMPS.inc()
         save_prepared(watch.redis, prepared_key(f"{task_id}:{step}"), new, overwrite=True)
         nonces.record(p.sender, new.nonce, new.tx_hash, owner=f"{task_id}:{step}")
         try:

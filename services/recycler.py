@@ -42,6 +42,7 @@ import time
 from typing import Any
 
 import redis
+from prometheus_client import Counter
 
 from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
 from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
@@ -81,6 +82,12 @@ ACTION_UNDRAIN = "undrain"
 ACTIONS = (ACTION_DRAIN, ACTION_RECYCLE, ACTION_UNDRAIN)
 #: An operator's request the beat has not taken by then is dropped (no control worker is running).
 REQUEST_TTL = 60.0
+#: Recycles by what happened: started (draining), finished (the node is back), failed, abandoned, held (too few
+#: nodes serve: counted once per zone-III episode, as its event), skipped (a static node: once per episode).
+RECYCLE_EVENTS = ("started", "finished", "failed", "abandoned", "held", "skipped")
+RECYCLES = Counter("esp_recycles", "recycler events: started, finished, failed, abandoned, held, skipped", ["event"])
+for _event in RECYCLE_EVENTS:
+    RECYCLES.labels(_event)  # shown at 0 from the start (a rate misses a series' first count)
 
 
 def recycle_step(pool: Pool, *, control: NodeControl | None = None, now: float | None = None) -> dict[str, Any]:
@@ -113,6 +120,7 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
         if current is None or node_id != current["node"]:
             # Left by a recycle whose key expired (the recycler died): give the node back.
             clear_status_override(client, node_id)
+            RECYCLES.labels("abandoned").inc()
             record_event(client, "recycle-abandoned", node_id, override=overrides[node_id])
     request = pending_request(client)
     if current is not None:
@@ -144,16 +152,19 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
         view = snapshot.node(node_id)
         reason = view.zone_reason if view else None
         if spec.backend == "static":
-            _note_once(client, "static", node_id, "recycle-skipped", reason="static nodes cannot be restarted by ESP",
-                       zone_reason=reason)
+            if _note_once(client, "static", node_id, "recycle-skipped", reason="static nodes cannot be restarted by ESP",
+                          zone_reason=reason):
+                RECYCLES.labels("skipped").inc()
             continue
         serving = [n.id for n in snapshot.serving() if n.id != node_id]
         if len(serving) < pool.settings.min_serving_nodes:
-            _note_once(client, "held", node_id, "recycle-held", zone_reason=reason, serving=len(serving),
-                       min_serving=pool.settings.min_serving_nodes)
+            if _note_once(client, "held", node_id, "recycle-held", zone_reason=reason, serving=len(serving),
+                          min_serving=pool.settings.min_serving_nodes):
+                RECYCLES.labels("held").inc()
             return {"action": "held", "node": node_id, "serving": len(serving)}
         if not _begin_drain(pool, node_id, now, reason=reason, hold=False):
             return {"action": "busy"}
+        RECYCLES.labels("started").inc()
         record_event(client, "recycle-draining", node_id, zone_reason=reason, streak=streaks[node_id]["n"],
                      distance=round(view.distance, 4) if view else None)
         log.warning("recycling %s (%s): draining", node_id, reason)
@@ -248,6 +259,8 @@ def _start_requested(pool: Pool, snapshot: Snapshot, request: dict[str, Any], no
     if reason is not None:
         record_event(client, f"{action}-refused", node_id, reason=reason)
         return {"action": "refused", "node": node_id, "reason": reason}
+    if action == ACTION_RECYCLE:
+        RECYCLES.labels("started").inc()
     record_event(client, "drain-started" if action == ACTION_DRAIN else "recycle-draining", node_id, zone_reason="operator")
     log.warning("%s %s (operator): draining", "draining" if action == ACTION_DRAIN else "recycling", node_id)
     return {"action": "draining", "node": node_id, "reason": "operator"}
@@ -264,6 +277,7 @@ def _apply_request(pool: Pool, current: dict[str, Any], request: dict[str, Any])
         current["hold"] = False  # a recycle's key expires, as the recycler's own do
         ttl = pool.settings.drain_timeout + RESTART_TIMEOUT + CURRENT_TTL_MARGIN
         client.set(CURRENT_KEY, json.dumps(current), xx=True, px=int(ttl * 1000))
+        RECYCLES.labels("started").inc()
         record_event(client, "recycle-draining", node_id, zone_reason="operator", drained_before=current["phase"] == PHASE_DRAINED)
     return current
 
@@ -287,6 +301,7 @@ def _advance(pool: Pool, control: NodeControl, current: dict[str, Any], now: flo
             return {"action": "drained", "node": node_id, "inflight": inflight}
         if pool.registry.get(node_id) is None:
             _finish(client, node_id)
+            RECYCLES.labels("abandoned").inc()
             record_event(client, "recycle-abandoned", node_id, reason="no longer registered")
             return {"action": "abandoned", "node": node_id}
         set_status_override(client, node_id, STATUS_RECYCLING)
@@ -303,16 +318,19 @@ def _advance(pool: Pool, control: NodeControl, current: dict[str, Any], now: flo
     if reply is None:
         if now - float(current["restart_sent"]) > RESTART_TIMEOUT + CURRENT_TTL_MARGIN / 2:
             _finish(client, node_id)
+            RECYCLES.labels("failed").inc()
             record_event(client, "recycle-failed", node_id, error="the node manager did not answer the restart", took_s=took)
             return {"action": "failed", "node": node_id}
         return {"action": "waiting-restart", "node": node_id}
     _finish(client, node_id)
     if not reply.get("ok"):
+        RECYCLES.labels("failed").inc()
         record_event(client, "recycle-failed", node_id, error=reply.get("error"), took_s=took)
         log.error("recycling %s failed: %s", node_id, reply.get("error"))
         return {"action": "failed", "node": node_id, "error": reply.get("error")}
     generation = (reply.get("node") or {}).get("generation")
     Traffic(client).forget(node_id)  # what failed while it restarted says nothing of the fresh node
+    RECYCLES.labels("finished").inc()
     record_event(client, "recycle-done", node_id, generation=generation, took_s=took,
                  total_s=round(now - float(current["drain_started"]), 3))
     log.warning("recycled %s in %.1f s (generation %s)", node_id, took, generation)
@@ -358,7 +376,9 @@ def _update_streaks(client: redis.Redis, document: dict[str, Any]) -> dict[str, 
     return nodes
 
 
-def _note_once(client: redis.Redis, what: str, node_id: str, kind: str, **data: Any) -> None:
-    """Record an event the first time ``what`` happens to ``node_id`` in this zone-III episode."""
+def _note_once(client: redis.Redis, what: str, node_id: str, kind: str, **data: Any) -> bool:
+    """Record an event the first time ``what`` happens to ``node_id`` in this zone-III episode; True when it did."""
     if client.sadd(NOTED_KEY, f"{what}:{node_id}"):
         record_event(client, kind, node_id, **data)
+        return True
+    return False

@@ -10,10 +10,12 @@ from __future__ import annotations
 from celery import Celery
 
 from settings import Settings
-from tasks import config, control, writes
+from tasks import config, control, exporter, metrics, writes
 
 #: The modules whose tasks every ESP Celery app runs.
 TASK_MODULES = (control.__name__, writes.__name__)
+#: The modules that connect to Celery's signals: task metrics, and each process's /metrics server.
+SIGNAL_MODULES = (metrics.__name__, exporter.__name__)
 
 
 class EspCelery(Celery):

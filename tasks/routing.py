@@ -26,6 +26,18 @@ CONTROL_QUEUE = "esp.control"
 QUEUE_OF_KIND = {TaskKind.DEPLOY: "esp.deploy", TaskKind.ACCOUNT: "esp.accounts", TaskKind.CALL: "esp.calls"}
 WRITE_QUEUES = tuple(QUEUE_OF_KIND.values())
 QUEUES = (CONTROL_QUEUE, *WRITE_QUEUES)
+#: A task's class, as metrics label it: its queue's name without the prefix (control, deploy, accounts, calls).
+TASK_CLASSES = tuple(queue.removeprefix("esp.") for queue in QUEUES)
+
+
+def task_class(task: Any) -> str:
+    """The class of a task object: its write kind's queue, or "control" for the control tasks ("other" else)."""
+    kind_name = getattr(task, "esp_kind", None)
+    if kind_name is not None:
+        return QUEUE_OF_KIND[TaskKind.parse(kind_name)].removeprefix("esp.")
+    if getattr(task, "queue", None) == CONTROL_QUEUE:
+        return CONTROL_QUEUE.removeprefix("esp.")
+    return "other"
 
 
 class Router:

@@ -56,6 +56,7 @@ DB_RELIABILITY = 20
 DB_SUPERVISION = 21
 DB_REDELIVERY = 22
 DB_DASHBOARD = 23
+DB_WORKER_METRICS = 25
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -56,6 +56,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter
+
 from errors import NodeUnreachable, NoHealthyNode, RpcError, ValidationError
 from nodepool.codec import as_text
 from nodepool.rpc import RpcClient, to_int
@@ -70,6 +72,9 @@ PREFIX = "esp:nonce"
 DEFAULT_LEASE_SECONDS = 120.0
 MAPPING_TTL = 7 * 86_400
 _NO_OWNER = "\x00"
+
+#: Every resync: a node said "nonce too low" for a transaction no node knows (the nonce was used by another).
+NONCE_CONFLICTS = Counter("esp_nonce_conflicts", "nonce conflicts: a node refused a nonce as used, and the counter was resynced")
 
 # KEYS, in every script: 1 state hash, 2 released zset, 3 leases zset, 4 holders hash (leased nonce -> owner),
 # then the owner key and/or the per-nonce hash key. Every script reads the Redis clock (TIME), never a worker's.
@@ -335,6 +340,7 @@ class NonceManager:
 
     def resync(self, address: str, clients: Sequence[RpcClient]) -> int:
         """After "nonce too low": raise the counter to the pool's pending count; return the new next nonce."""
+        NONCE_CONFLICTS.inc()
         pending = pool_pending_count(address, clients)
         base = self._base(address)
         new_next = int(self._resync(keys=[base, f"{base}:released"], args=[str(pending)]))

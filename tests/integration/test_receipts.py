@@ -19,6 +19,7 @@ import pytest
 import redis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from prometheus_client import REGISTRY
 
 from contracts import load_artifact
 from contracts.abi import encode_call, encode_deploy
@@ -232,9 +233,11 @@ def test_past_its_deadline_a_transaction_is_replaced_with_raised_fees_and_the_re
     deadline = time.time() + TX_DEADLINE
     sent = tracked.send("stuck", "send_eth", to=DEAD, value=7, deadline=deadline)
     now = deadline + 1.0
+    bumps = REGISTRY.get_sample_value("esp_fee_bumps_total")
 
     counts = tracked.track(now=now, action="replace")
     assert counts["replaced"] == 1 and counts["reported"] == 0
+    assert REGISTRY.get_sample_value("esp_fee_bumps_total") == bumps + 1  # the metric Grafana's "Fee bumps" shows
 
     new = load_prepared(tracked.redis, prepared_key("stuck:0"))
     assert new is not None and new.tx_hash != sent.tx_hash

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from nodepool.events import recent_events
 from nodepool.pool import Pool
@@ -32,7 +33,13 @@ def recycle_kinds(running: MonitoredPool) -> list[tuple[str, str]]:
     return [(e["kind"], e["node"]) for e in reversed(recent_events(running.redis, 500)) if e["kind"].startswith("recycle-")]
 
 
+def recycles(event: str) -> float:
+    """The esp_recycles_total count of ``event`` in this process (the recycler runs in it here)."""
+    return REGISTRY.get_sample_value("esp_recycles_total", {"event": event}) or 0.0
+
+
 def test_two_dead_nodes_are_recycled_one_at_a_time(tmp_path: Path) -> None:
+    started, finished = recycles("started"), recycles("finished")
     with managed_pool(tmp_path) as running:
         for _ in range(3):
             running.sample()
@@ -55,6 +62,7 @@ def test_two_dead_nodes_are_recycled_one_at_a_time(tmp_path: Path) -> None:
                     break
         assert sorted(done) == ["node-1", "node-2"], done
         assert seen_in_progress == {"node-1", "node-2"}
+        assert (recycles("started") - started, recycles("finished") - finished) == (2, 2)
         kinds = recycle_kinds(running)
         first, second = done
         # The second node's drain began only after the first was back.
@@ -65,6 +73,7 @@ def test_two_dead_nodes_are_recycled_one_at_a_time(tmp_path: Path) -> None:
 
 
 def test_recycler_never_takes_the_pool_below_the_serving_minimum(tmp_path: Path) -> None:
+    held_before = recycles("held")
     with managed_pool(tmp_path, ESP_MIN_SERVING_NODES="2") as running:
         for _ in range(3):
             running.sample()
@@ -79,6 +88,7 @@ def test_recycler_never_takes_the_pool_below_the_serving_minimum(tmp_path: Path)
         assert "held" in actions and not {"draining", "restarting", "recycled"} & set(actions), actions
         held = [e for e in recent_events(running.redis, 100) if e["kind"] == "recycle-held"]
         assert len(held) == 1 and held[0]["data"]["serving"] == 1 and held[0]["data"]["min_serving"] == 2
+        assert recycles("held") == held_before + 1  # once for the episode, as its event
 
         # With a minimum the single serving node satisfies, the same pool heals, one node at a time.
         lenient = Pool(running.settings.replace(min_serving_nodes=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from eth_account import Account
+from prometheus_client import REGISTRY
 
 from errors import NoHealthyNode
 from nodepool.rpc import RpcClient, to_int
@@ -203,7 +204,9 @@ def test_resync_jumps_past_transactions_sent_behind_our_back(r: redis.Redis, nod
     assert [manager.allocate(TREASURY.address, [node]) for _ in range(2)] == [0, 1]
     assert manager.release(TREASURY.address, 0)
     send_behind_our_back(node, 4)  # nonces 0..3 now used on chain by someone else
+    conflicts = REGISTRY.get_sample_value("esp_nonce_conflicts_total")
     assert manager.resync(TREASURY.address, [node]) == 4
+    assert REGISTRY.get_sample_value("esp_nonce_conflicts_total") == conflicts + 1
     state = manager.state(TREASURY.address)
     assert (state.next, state.floor, state.released) == (4, 4, ())  # released 0 is gone: it is taken
     assert manager.allocate(TREASURY.address, [node]) == 4

@@ -1,0 +1,72 @@
+"""The folder a Celery process keeps its prometheus_client metrics in: one per process tree, set before any metric exists.
+
+prometheus_client picks, at its import, whether metric values live in memory or in files under
+PROMETHEUS_MULTIPROC_DIR; a prefork write worker needs files (its tasks run in child processes,
+and its main process serves what they counted: ``tasks.exporter``). The ``celery`` command has
+imported prometheus_client already when it loads ``tasks.worker`` (Flower's command plugin
+declares its metrics), so ``use_metrics_dir`` sets the variable and makes the library choose
+again (``values.ValueClass``, the class every metric value is made of, read at each metric's
+creation); ``tasks.worker`` calls it before it imports anything that declares a metric of ours.
+
+Each worker, control worker or beat gets a fresh, empty folder of its own under
+``$ESP_RUN_DIR/prometheus-celery`` (scaled workers may share the run folder, even from several
+containers): it holds an advisory lock on it for its life (its children inherit the lock), and
+a process starting later removes every folder no process holds, i.e. those of processes killed
+before they could remove their own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from prometheus_client import values
+
+from settings import Settings
+
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LOCK_NAME = ".owner.lock"
+
+_held: list[IO[bytes]] = []  # the open lock of this process's folder (kept open as long as the process lives)
+
+
+def use_metrics_dir(settings: Settings) -> Path:
+    """Make this process's metrics folder, drop those of dead processes, and point prometheus_client at it."""
+    base = settings.run_dir / "prometheus-celery"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        if old.is_dir() and not _is_held(old):
+            shutil.rmtree(old, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+    lock = open(path / LOCK_NAME, "wb")  # held open for the process's life
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held.append(lock)
+    os.environ[METRICS_DIR_ENV] = str(path)
+    values.ValueClass = values.get_value_class()  # file-backed from now on, whoever imported the library first
+    owner = os.getpid()
+    atexit.register(_remove, path, owner)
+    return path
+
+
+def _is_held(folder: Path) -> bool:
+    """True when a live process holds ``folder``'s lock (a folder without one is being made right now: held)."""
+    try:
+        with open(folder / LOCK_NAME, "rb") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return True
+
+
+def _remove(path: Path, owner: int) -> None:
+    if os.getpid() == owner:  # not in a forked child that happens to run atexit handlers
+        shutil.rmtree(path, ignore_errors=True)
