@@ -54,7 +54,10 @@ def use_metrics_dir(settings: Settings) -> Path:
 
 
 def _is_held(folder: Path) -> bool:
-    """True when a live process holds ``folder``'s lock (a folder without one is being made right now: held)."""
+    """True when a live process holds ``folder``'s lock (a folder without one is being made right now: held).
+
+    A folder this process may not open is another user's (in compose, the control worker runs as root beside
+    unprivileged workers on one run folder): it is left to its owner, counted as held."""
     try:
         with open(folder / LOCK_NAME, "rb") as lock:
             try:
@@ -63,7 +66,7 @@ def _is_held(folder: Path) -> bool:
                 return True
             fcntl.flock(lock, fcntl.LOCK_UN)
             return False
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return True
 
 

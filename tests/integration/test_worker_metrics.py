@@ -10,10 +10,12 @@ worker's children, the monitor and the other beat tasks in the control worker.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +30,8 @@ from werkzeug.serving import make_server
 
 from nodes.process import free_port
 from services.exporters import EXPORTERS_KEY, ROLE_BEAT, ROLE_CONTROL, ROLE_WORKER, Exporter, ExporterRegistry, http_sd
-from settings import ROOT
+from settings import ROOT, Settings
+from tasks.metrics_dir import use_metrics_dir
 from tasks.routing import TASK_CLASSES
 from tests.conftest import DB_WORKER_METRICS, fresh_redis, stop_process
 from tests.stack import LocalStack
@@ -108,6 +111,38 @@ def test_a_metrics_folder_no_process_holds_is_removed_and_a_held_one_kept(tmp_pa
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_a_folder_of_another_user_is_left_to_it() -> None:
+    """In compose the control worker (root) and unprivileged workers share one run folder: a worker starting after
+    the control worker must neither fail on nor remove the folder it may not open."""
+    if os.geteuid() != 0:
+        pytest.fail("this test makes a folder only root may open: run it as root (CI does)")
+    run_dir = Path(tempfile.mkdtemp(prefix="esp-metrics-users-"))  # pytest's own tmp folders are root's alone
+    try:
+        run_dir.chmod(0o755)
+        base = run_dir / "prometheus-celery"
+        roots = base / "1-control"
+        roots.mkdir(parents=True, mode=0o700)
+        (roots / ".owner.lock").touch()
+        base.chmod(0o1777)
+        child = os.fork()
+        if child == 0:  # an unprivileged process starting its metrics folder (pytest's code never runs past _exit)
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                made = use_metrics_dir(Settings.from_env({"ESP_RUN_DIR": str(run_dir)}))
+                code = 0 if made.parent == base else 2
+            except BaseException as exc:
+                os.write(2, f"{exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert roots.exists()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # -- a real stack ---------------------------------------------------------------------------------
