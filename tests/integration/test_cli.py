@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -104,11 +105,27 @@ def test_wait_ready_then_the_pool_table_shows_every_node(stack, api):
         assert heading in result.stdout, result.stdout
 
 
-def test_pool_watch_redraws_until_interrupted(api):
+@contextmanager
+def following(api: str, *args: str) -> Iterator[subprocess.Popen]:
+    """`esp <args>` against ``api``, running until the test interrupts it (`interrupt`); killed and reaped whatever happens."""
     env = child_env(ESP_API_URL=api, ESP_API_KEY=ADMIN_KEY, COLUMNS="200")
-    proc = subprocess.Popen([str(LAUNCHER), "pool", "--watch", "--interval", "0.2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(LAUNCHER), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as an operator stops a following command: it must end cleanly (exit 0)."""
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 0
+
+
+def test_pool_watch_redraws_until_interrupted(api):
+    with following(api, "pool", "--watch", "--interval", "0.2") as proc:
         titles = []
 
         def redrawn() -> bool:
@@ -119,12 +136,7 @@ def test_pool_watch_redraws_until_interrupted(api):
             return len(titles) >= 3
 
         wait_for(redrawn, 60, lambda: f"three tables from esp pool --watch (saw {len(titles)})")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+        interrupt(proc)
 
 
 def test_task_shows_its_timeline(stack, api):
@@ -142,10 +154,7 @@ def test_task_shows_its_timeline(stack, api):
 
 
 def test_events_follow_prints_new_events_until_interrupted(stack, api):
-    env = child_env(ESP_API_URL=api, ESP_API_KEY=ADMIN_KEY, COLUMNS="200")
-    proc = subprocess.Popen([str(LAUNCHER), "events", "--follow", "--limit", "1"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with following(api, "events", "--follow", "--limit", "1") as proc:
         answered = stack.client(admin=True).post("/api/v1/nodes/node-2/drain")
         assert answered.status_code == 202, answered.get_json()
         lines: list[str] = []
@@ -156,12 +165,7 @@ def test_events_follow_prints_new_events_until_interrupted(stack, api):
             return "drain-requested" in line
 
         wait_for(printed, 60, lambda: f"esp events --follow to print drain-requested (printed: {lines})")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+        interrupt(proc)
     # Give node-2 back (the drain held it) before the next test.
     wait_for(lambda: (current_recycle(stack.redis) or {}).get("phase") == "drained", 60, "node-2 drained")
     undrain = esp(api, "node", "undrain", "node-2", "--timeout", "60")
