@@ -31,14 +31,14 @@ from settings import Settings
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_NAME = ".owner.lock"
+SHARED_MODE = 0o1777
 
 _held: list[IO[bytes]] = []  # the open lock of this process's folder (kept open as long as the process lives)
 
 
 def use_metrics_dir(settings: Settings) -> Path:
     """Make this process's metrics folder, drop those of dead processes, and point prometheus_client at it."""
-    base = settings.run_dir / "prometheus-celery"
-    base.mkdir(parents=True, exist_ok=True)
+    base = shared_base(settings)
     for old in base.iterdir():
         if old.is_dir() and not _is_held(old):
             shutil.rmtree(old, ignore_errors=True)
@@ -51,6 +51,16 @@ def use_metrics_dir(settings: Settings) -> Path:
     owner = os.getpid()
     atexit.register(_remove, path, owner)
     return path
+
+
+def shared_base(settings: Settings) -> Path:
+    """``$ESP_RUN_DIR/prometheus-celery``, made if missing; open to every user as /tmp is (sticky: each removes only
+    its own), since whichever process comes first makes it -- in compose, maybe the control worker, as root."""
+    base = settings.run_dir / "prometheus-celery"
+    base.mkdir(parents=True, exist_ok=True)
+    if base.stat().st_uid == os.geteuid() and base.stat().st_mode & 0o7777 != SHARED_MODE:
+        base.chmod(SHARED_MODE)  # mkdir's mode is cut by the umask
+    return base
 
 
 def _is_held(folder: Path) -> bool:

@@ -31,7 +31,7 @@ from werkzeug.serving import make_server
 from nodes.process import free_port
 from services.exporters import EXPORTERS_KEY, ROLE_BEAT, ROLE_CONTROL, ROLE_WORKER, Exporter, ExporterRegistry, http_sd
 from settings import ROOT, Settings
-from tasks.metrics_dir import use_metrics_dir
+from tasks.metrics_dir import shared_base, use_metrics_dir
 from tasks.routing import TASK_CLASSES
 from tests.conftest import DB_WORKER_METRICS, fresh_redis, stop_process
 from tests.stack import LocalStack
@@ -90,7 +90,7 @@ def test_http_sd_groups_targets_by_role() -> None:
 
 
 def test_a_metrics_folder_no_process_holds_is_removed_and_a_held_one_kept(tmp_path: Path) -> None:
-    script = ("import sys, time; from settings import Settings; from tasks.metrics_dir import use_metrics_dir; "
+    script = ("import sys, time; from settings import Settings; from tasks.metrics_dir import shared_base, use_metrics_dir; "
               "print(use_metrics_dir(Settings.from_env({'ESP_RUN_DIR': sys.argv[1]})), flush=True); time.sleep(float(sys.argv[2]))")
     base = tmp_path / "prometheus-celery"
     stale = base / "4242-killed"
@@ -115,17 +115,16 @@ def test_a_metrics_folder_no_process_holds_is_removed_and_a_held_one_kept(tmp_pa
 
 def test_a_folder_of_another_user_is_left_to_it() -> None:
     """In compose the control worker (root) and unprivileged workers share one run folder: a worker starting after
-    the control worker must neither fail on nor remove the folder it may not open."""
+    the control worker must make its folder beside root's, and neither fail on nor remove the one it may not open."""
     if os.geteuid() != 0:
         pytest.fail("this test makes a folder only root may open: run it as root (CI does)")
     run_dir = Path(tempfile.mkdtemp(prefix="esp-metrics-users-"))  # pytest's own tmp folders are root's alone
     try:
         run_dir.chmod(0o755)
-        base = run_dir / "prometheus-celery"
+        base = shared_base(Settings.from_env({"ESP_RUN_DIR": str(run_dir)}))  # as a root process makes it first
         roots = base / "1-control"
-        roots.mkdir(parents=True, mode=0o700)
+        roots.mkdir(mode=0o700)
         (roots / ".owner.lock").touch()
-        base.chmod(0o1777)
         child = os.fork()
         if child == 0:  # an unprivileged process starting its metrics folder (pytest's code never runs past _exit)
             code = 1
