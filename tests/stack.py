@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
 import subprocess
 import sys
@@ -184,6 +185,7 @@ class RpcServer:
             frame = sys._current_frames().get(self._thread.ident or 0)
             stuck = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
             for task in asyncio.all_tasks(self.loop):
+                stuck += f"\n{task_stack(task)}"  # what each coroutine awaits: the thread alone shows an idle loop
                 self.loop.call_soon_threadsafe(task.cancel)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -191,6 +193,16 @@ class RpcServer:
             if not self._thread.is_alive():
                 self.loop.close()
         assert stuck is None, f"the gateway's cleanup took over {CLEANUP_S} s; its loop's thread was at:\n{stuck}"
+
+
+def task_stack(task: asyncio.Task) -> str:
+    """Where ``task`` is suspended, as ``Task.print_stack`` shows it (read from another thread while its loop idles)."""
+    out = io.StringIO()
+    try:
+        task.print_stack(file=out)
+    except RuntimeError as exc:  # the loop moved on while it was read
+        return f"{task!r}: {exc}"
+    return out.getvalue()
 
 
 def wait_task(client, task_id: str, timeout: float = 90) -> dict:  # type: ignore[no-untyped-def]
