@@ -138,6 +138,7 @@ class Gateway:
         self._seen: dict[str, dict[str, Any]] = {}
         #: Writes requests queue (the in-flight marks of their node calls included), sent by ``run`` every FLUSH_EVERY.
         self._writes = Deferred()
+        self._running = False
         self.sender = RawSender(pool, placement, aredis, rpc_timeout=config.rpc_timeout)
 
     # -- the body ----------------------------------------------------------------------------------
@@ -237,9 +238,15 @@ class Gateway:
         await pipe.execute()
 
     async def run(self) -> None:
-        """Keep this process's view of the pool fresh and send queued writes, until cancelled (``rpc.server``)."""
+        """Keep this process's view of the pool fresh and send queued writes, until ``stop()`` (``rpc.server``).
+
+        It ends on a flag, checked every turn, rather than on cancellation: a cancel that lands inside a Redis call
+        can come back out of it as that call's timeout, a Redis error this loop rides out -- the task then looped on,
+        "cancelling", and the app's cleanup awaited it forever (seen in the tests, twice in seven runs of a module).
+        """
         last_refresh = 0.0
-        while True:
+        self._running = True
+        while self._running:
             try:
                 await self._flush()
                 if time.monotonic() - last_refresh >= SHARED_EVERY:
@@ -249,6 +256,10 @@ class Gateway:
                 log.warning("gateway refresh: Redis: %s", exc)
                 await asyncio.sleep(0.5)
             await asyncio.sleep(FLUSH_EVERY)
+
+    def stop(self) -> None:
+        """Make ``run`` return at its next turn (within FLUSH_EVERY, or the half second it waits after a Redis error)."""
+        self._running = False
 
     async def drain(self) -> None:
         """Send the writes still queued (at shutdown)."""

@@ -19,7 +19,6 @@ Keys are looked up in Redis and remembered for AUTH_CACHE_SECONDS: a revoked key
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -70,6 +69,9 @@ LIMIT_SCOPE = "rpc"
 REDIS_ERRORS = (redis.RedisError, StorageError)
 REDIS_RETRY_AFTER = 2
 
+#: Seconds the gateway's refresh loop gets to end at shutdown (a turn takes at most a Redis timeout).
+STOP_TIMEOUT = 15.0
+
 GATEWAY = web.AppKey("gateway", Gateway)
 STATE = web.AppKey("state", dict)
 
@@ -110,9 +112,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        app[GATEWAY].stop()
+        try:
+            await asyncio.wait_for(refresher, STOP_TIMEOUT)  # it ends at its next turn; cancelled if it does not
+        except (TimeoutError, asyncio.CancelledError):
+            log.warning("the gateway's refresh loop did not stop within %s s: cancelled", STOP_TIMEOUT)
         await app[GATEWAY].drain()
         await session.close()
         await aredis.aclose()

@@ -7,6 +7,7 @@ says otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -19,8 +20,9 @@ from eth_account import Account
 from gateway.cache import cache_key
 from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, decode_raw, resend_pass
 from nodepool.rpc import RpcClient, to_int
+from rpc.server import GATEWAY
 from tests.conftest import DB_RPC
-from tests.stack import LocalStack
+from tests.stack import LocalStack, RpcServer
 from tests.waiting import wait_for
 
 Account.enable_unaudited_hdwallet_features()
@@ -254,3 +256,21 @@ def test_the_rate_limit_counts_every_request_of_a_batch(stack: LocalStack) -> No
     assert reply["error"]["code"] == -32005 and int(headers["Retry-After"]) >= 1
     # Another key has its own budget.
     assert post(url, batch, key=stack.new_key("unlimited", "user"))[0] == 200
+
+
+def test_the_gateways_refresh_loop_ends_on_stop_alone(stack: LocalStack) -> None:
+    """Shutdown stops the refresh loop with a flag, not a cancel alone: a cancel that lands in a Redis call can come
+    back as that call's timeout, and a loop that rides out Redis errors would then run on while cleanup awaited it."""
+    server = RpcServer(stack.settings)
+    try:
+        async def refresh_loop() -> asyncio.Task:
+            return next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Gateway.run")
+
+        loop_task = asyncio.run_coroutine_threadsafe(refresh_loop(), server.loop).result(timeout=10)
+        time.sleep(0.2)
+        assert not loop_task.done()
+        server.loop.call_soon_threadsafe(server.runner.app[GATEWAY].stop)
+        wait_for(loop_task.done, 5, "the refresh loop to end after stop()")
+        assert not loop_task.cancelled() and loop_task.exception() is None
+    finally:
+        server.close()
