@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, values
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -32,6 +32,7 @@ from nodepool.pool import Pool
 from nodepool.snapshot import load_snapshot
 from services.exporters import ExporterRegistry, http_sd
 from services.watch import ReceiptWatch
+from tasks.metrics_dir import is_multiprocess
 from tasks.routing import QUEUES
 
 bp = Blueprint("metrics", __name__)
@@ -94,12 +95,6 @@ def _by_node(name: str, help_text: str, values_by_node: dict[str, float | None])
         if value is not None:
             family.add_metric([node], value)
     return family
-
-
-def is_multiprocess() -> bool:
-    """True when this process's prometheus_client metrics live in files (PROMETHEUS_MULTIPROC_DIR was set before
-    prometheus_client was imported: the library decides once, at import, and so does this)."""
-    return values.ValueClass is not values.MutexValue
 
 
 def scrape_registry(collector: Collector) -> CollectorRegistry:

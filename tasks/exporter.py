@@ -28,13 +28,14 @@ from typing import Any
 
 import redis
 from celery.signals import beat_init, worker_process_shutdown, worker_ready, worker_shutdown
-from prometheus_client import CollectorRegistry, start_http_server, values
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Metric
 
 from nodepool.pool import edge_redis
 from services.exporters import HEARTBEAT, ROLE_BEAT, ROLE_CONTROL, ROLE_WORKER, Exporter, ExporterRegistry
 from settings import Settings
+from tasks.metrics_dir import is_multiprocess
 from tasks.routing import CONTROL_QUEUE
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,6 @@ class Heartbeat(threading.Thread):
 
 
 _running: list[Heartbeat] = []
-
-
-def is_multiprocess() -> bool:
-    """True when this process's metrics live in files (``tasks.metrics_dir`` ran before prometheus_client's import)."""
-    return values.ValueClass is not values.MutexValue
 
 
 def serve(settings: Settings, role: str) -> Exporter | None:

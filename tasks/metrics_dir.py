@@ -53,6 +53,12 @@ def use_metrics_dir(settings: Settings) -> Path:
     return path
 
 
+def is_multiprocess() -> bool:
+    """True when this process's prometheus_client metrics live in files: ``use_metrics_dir`` ran (a Celery process),
+    or PROMETHEUS_MULTIPROC_DIR was set before prometheus_client's import (gunicorn.conf.py, for the API's workers)."""
+    return values.ValueClass is not values.MutexValue
+
+
 def shared_base(settings: Settings) -> Path:
     """``$ESP_RUN_DIR/prometheus-celery``, made if missing; open to every user as /tmp is (sticky: each removes only
     its own), since whichever process comes first makes it -- in compose, maybe the control worker, as root."""
