@@ -17,6 +17,8 @@ NODES_KEY = "esp:nodes"
 POOL_KEY = "esp:pool"
 COMMANDS_KEY = "esp:nodes:commands"
 REPLY_KEY = "esp:nodes:reply:{}"
+#: Static nodes an operator added at run time (id -> JSON), kept across restarts of the node manager until removed.
+ADDED_KEY = "esp:nodes:added"
 
 
 class NodeRegistry:
@@ -45,7 +47,20 @@ class NodeRegistry:
         return sorted(specs, key=lambda s: _natural(s.id))
 
     def clear(self) -> None:
+        """Forget the registered pool (the nodes an operator added stay remembered: ``added``)."""
         self.redis.delete(NODES_KEY, POOL_KEY)
+
+    def remember_added(self, spec: NodeSpec) -> None:
+        """Keep ``spec`` among the nodes an operator added, to register again when the node manager restarts."""
+        self.redis.hset(ADDED_KEY, spec.id, spec.to_json())
+
+    def forget_added(self, node_id: str) -> None:
+        self.redis.hdel(ADDED_KEY, node_id)
+
+    def added(self) -> list[NodeSpec]:
+        """The nodes an operator added and has not removed, in id order."""
+        specs = [NodeSpec.from_json(v) for v in self.redis.hgetall(ADDED_KEY).values()]
+        return sorted(specs, key=lambda s: _natural(s.id))
 
     def set_pool(self, **facts: Any) -> None:
         self.redis.hset(POOL_KEY, mapping={k: json.dumps(v) for k, v in facts.items()})

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from errors import ConfigError, EspError, NodeError, NodeUnreachable, RpcError
+from nodepool.chain import chain_mismatch
 from nodepool.events import record_event
 from nodepool.registry import COMMANDS_KEY, REPLY_KEY, NodeRegistry
 from nodepool.rpc import RpcClient
@@ -89,7 +90,11 @@ class NodeManager:
         self._stop = threading.Event()
 
     def start(self) -> list[NodeSpec]:
-        """Bring the pool up and register it; return the node records."""
+        """Bring the pool up and register it, then the static nodes an operator added; return the node records."""
+        specs = self._start_pool()
+        return specs + self.readmit_added(specs)
+
+    def _start_pool(self) -> list[NodeSpec]:
         self.registry.clear()
         self.redis.delete(COMMANDS_KEY)
         if not self.backend.manages:
@@ -108,6 +113,38 @@ class NodeManager:
             self.on_fresh_chain(self.redis, self.settings.chain_id)
         self.devnet = Devnet(self.settings, self.backend, registry=self.registry, redis_client=self.redis)
         return self.devnet.start()
+
+    def readmit_added(self, pool: Sequence[NodeSpec]) -> list[NodeSpec]:
+        """Register again each static node an operator added (``esp node add``) that is still on the pool's chain.
+
+        Each is checked as when it was added (chain id, genesis, the block at the lower head, against the
+        leader first); one that fails, does not answer, or whose id or URL the pool now uses is forgotten,
+        with a ``node-forgotten`` event saying why: a devnet started again from genesis is another history.
+        """
+        leader = self.registry.pool().get("leader")
+        urls = [s.url for s in sorted(pool, key=lambda s: s.id != leader)]
+        ids, taken_urls = {s.id for s in pool}, {s.url.rstrip("/").lower() for s in pool}
+        readmitted = []
+        for spec in self.registry.added():
+            if spec.id in ids or spec.url.lower() in taken_urls:
+                reason: str | None = f"its id or URL is the pool's own now ({spec.id}, {spec.url})"
+            else:
+                try:
+                    reason = chain_mismatch(spec.url, urls, chain_id=self.settings.chain_id,
+                                            timeout=self.settings.probe_timeout * 3)
+                except NodeError as exc:
+                    reason = f"{spec.url} does not answer ({exc})"
+            if reason is None:
+                self.registry.register(spec)
+                ids.add(spec.id)
+                taken_urls.add(spec.url.lower())
+                readmitted.append(spec)
+                self._event("node-readmitted", spec.id, url=spec.url)
+            else:
+                self.registry.forget_added(spec.id)
+                self._event("node-forgotten", spec.id, url=spec.url, reason=reason)
+                log.warning("static node %s forgotten: %s", spec.id, reason)
+        return readmitted
 
     def serve(self) -> None:
         """Run until stopped: answer commands and watch the leader."""

@@ -11,8 +11,9 @@ monitor samples it like any node (a lagging one goes to zone III).
 Its URL's host must be one of ESP_STATIC_NODE_HOSTS, checked before anything is sent: the API
 makes the request, and an admin's request must not make it reach arbitrary hosts.
 
-Nodes added here live in the registry like the others: a restart of the node manager (which
-registers the pool afresh) forgets them.
+Nodes added here are registered like the others and also remembered (``NodeRegistry.added``) until
+removed: a restart of the node manager, which registers the pool afresh, checks each again the same
+way and registers it once more, or forgets it with a ``node-forgotten`` event saying why.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from urllib.parse import urlsplit
 
 from balancer import Snapshot, is_stale
 from errors import Conflict, NodeError, NotFound, ValidationError
+from nodepool.chain import chain_mismatch
 from nodepool.events import record_event
 from nodepool.pool import Pool
-from nodepool.rpc import RpcClient, to_int
 from nodepool.snapshot import clear_status_override, load_snapshot_document
 from nodepool.spec import ROLE_STANDALONE, NodeSpec
 from nodepool.traffic import Traffic
@@ -66,26 +67,10 @@ def check_node_url(value: Any, allowed_hosts: tuple[str, ...], field: str = "url
     return value.rstrip("/")
 
 
-def chain_of(url: str, *, timeout: float) -> tuple[int, str]:
-    """The chain id a JSON-RPC endpoint answers and the hash of its genesis block (NodeError when it does not answer)."""
-    client = RpcClient(url, timeout=timeout)
-    try:
-        chain_id, genesis = client.batch([("eth_chainId", []), ("eth_getBlockByNumber", ["0x0", False])])
-        if not isinstance(genesis, dict) or not isinstance(genesis.get("hash"), str):
-            raise NodeError(f"{url} has no genesis block")
-        return to_int(chain_id), genesis["hash"]
-    finally:
-        client.close()
-
-
-def pool_genesis(pool: Pool, *, timeout: float) -> str | None:
-    """The pool's genesis block hash, from the first registered node that answers (None when none does)."""
-    for spec in pool.nodes():
-        try:
-            return chain_of(spec.url, timeout=timeout)[1]
-        except (NodeError, ValueError, TypeError):
-            continue
-    return None
+def pool_urls(pool: Pool) -> list[str]:
+    """The pool's node URLs, its leader's first (a follower may lag behind it)."""
+    leader = pool.registry.pool().get("leader")
+    return [s.url for s in sorted(pool.nodes(), key=lambda s: s.id != leader)]
 
 
 def add_static_node(pool: Pool, url: Any, node_id: Any = None) -> NodeSpec:
@@ -102,21 +87,17 @@ def add_static_node(pool: Pool, url: Any, node_id: Any = None) -> NodeSpec:
     same = next((s for s in specs if s.url.rstrip("/").lower() == url.lower()), None)
     if same is not None:
         raise Conflict(f"{url} is registered already, as {same.id}", field="url")
-    timeout = settings.probe_timeout * 3
+    chain_id = int(pool.registry.pool().get("chain_id") or settings.chain_id)
     try:
-        chain_id, genesis = chain_of(url, timeout=timeout)
-    except (NodeError, ValueError, TypeError) as exc:
+        wrong = chain_mismatch(url, pool_urls(pool), chain_id=chain_id, timeout=settings.probe_timeout * 3)
+    except NodeError as exc:
         raise ValidationError("url", f"{url} is not a working Ethereum JSON-RPC endpoint ({exc})") from None
-    expected = int(pool.registry.pool().get("chain_id") or settings.chain_id)
-    if chain_id != expected:
-        raise ValidationError("url", f"{url} serves chain id {chain_id}, not the pool's {expected}")
-    ours = pool_genesis(pool, timeout=timeout)
-    if ours is not None and genesis != ours:
-        raise ValidationError("url", f"{url} serves chain id {chain_id} but another chain: its genesis block is {genesis},"
-                                     f" the pool's {ours}")
+    if wrong is not None:
+        raise ValidationError("url", wrong)
     spec = NodeSpec(id=node_id, url=url, backend=STATIC, role=ROLE_STANDALONE, started_at=time.time())
     if not pool.registry.register_new(spec):
         raise Conflict(f"a node {node_id!r} is registered already", field="id")
+    pool.registry.remember_added(spec)
     record_event(pool.redis, "node-added", node_id, url=url, chain_id=chain_id)
     return spec
 
@@ -145,6 +126,7 @@ def remove_static_node(pool: Pool, node_id: str, *, now: float | None = None) ->
     elif not others:
         raise Conflict(f"{node_id} is the pool's last node", field="node_id")
     pool.registry.remove(node_id)
+    pool.registry.forget_added(node_id)
     clear_status_override(pool.redis, node_id)
     Traffic(pool.redis).forget(node_id)
     record_event(pool.redis, "node-removed", node_id, url=spec.url)

@@ -277,6 +277,7 @@ def test_a_static_node_is_added_on_the_pools_chain_only_and_removed(stack, api, 
     assert "added ext-1" in added.stdout
     spec = stack.manager.registry.get("ext-1")
     assert spec is not None and spec.backend == "static" and spec.url == outside_anvils["same"]
+    assert [s.id for s in stack.manager.registry.added()] == ["ext-1"]  # registered again if the node manager restarts
     assert "ext-1" in esp(api, "pool").stdout
     again = esp(api, "node", "add", outside_anvils["same"])
     assert again.returncode == 1 and "registered already, as ext-1" in one_line(again)
@@ -290,7 +291,7 @@ def test_a_static_node_is_added_on_the_pools_chain_only_and_removed(stack, api, 
 
     removed = esp(api, "node", "remove", "ext-1")
     assert removed.returncode == 0 and "removed ext-1" in removed.stdout
-    assert stack.manager.registry.get("ext-1") is None
+    assert stack.manager.registry.get("ext-1") is None and stack.manager.registry.added() == []
     kinds = [(e["kind"], e["node"]) for e in recent_events(stack.redis, 50)]
     assert ("node-added", "ext-1") in kinds and ("node-removed", "ext-1") in kinds
     gone = esp(api, "node", "remove", "ext-1")

@@ -9,13 +9,19 @@ import pytest
 from eth_account import Account
 
 from app import create_app
-from errors import ConfigError
+from errors import ConfigError, ValidationError
+from nodepool.events import recent_events
+from nodepool.pool import Pool
 from nodepool.registry import NodeControl, NodeRegistry
 from nodepool.rpc import RpcClient, to_int
 from nodes.manager import NodeManager, connect_redis
 from nodes.process import ProcessBackend
+from services.static_nodes import add_static_node, remove_static_node
 from settings import DEV_TREASURY_KEY
 from tests.conftest import DB_FOUNDATION, fresh_redis, make_settings, redis_url
+from tests.waiting import wait_for
+
+DEV_ACCOUNT = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
 
 
 @pytest.fixture
@@ -114,5 +120,56 @@ def test_static_anvils_are_kept_on_one_chain_with_devnet_sync(tmp_path, anvil_bi
         finally:
             manager.close()
         assert all(outside.stats(s).alive for s in specs), "ESP must not stop nodes it did not start"
+    finally:
+        outside.close()
+
+
+def test_static_nodes_an_operator_added_come_back_after_a_restart_while_on_the_pools_chain(tmp_path, anvil_binary):
+    """`esp node add` outlives the node manager: a restart registers each added node again, or forgets one that has
+    left the pool's chain, saying why. Adding checks the history too, not only the chain id and genesis."""
+    outside = ProcessBackend(make_settings(tmp_path / "outside", ESP_BLOCK_TIME="1"))
+    client = fresh_redis(DB_FOUNDATION)
+    try:
+        leader = outside.start("leader", role="leader")
+        same, late, early = (outside.start(name, role="standalone") for name in ("same", "late", "early"))  # automine
+        settings = make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_FOUNDATION), ESP_NODE_BACKEND="static",
+                                 ESP_NODE_URLS=leader.url)
+        first = NodeManager(settings, client)
+        first.start()
+        pool = Pool(settings, client)
+        try:
+            wait_for(lambda: to_int(RpcClient(leader.url).call("eth_blockNumber")) >= 2, 30, "the pool's leader to mine 2 blocks")
+
+            def fork(url: str) -> None:  # a block of its own: same genesis, another history from block 1
+                node = RpcClient(url)
+                tx_hash = node.call("eth_sendTransaction", [{"from": DEV_ACCOUNT, "to": DEV_ACCOUNT, "value": "0x1"}])
+                receipt = wait_for(lambda: node.call("eth_getTransactionReceipt", [tx_hash]), 10, "the fork's block")
+                assert to_int(receipt["blockNumber"]) == 1
+
+            fork(early.url)
+            with pytest.raises(ValidationError, match="another history: its block 1") as refused:
+                add_static_node(pool, early.url, "ext-early")
+            assert refused.value.field == "url"
+            add_static_node(pool, same.url, "ext-same")
+            add_static_node(pool, late.url, "ext-late")
+            assert [s.id for s in NodeRegistry(client).added()] == ["ext-late", "ext-same"]
+            fork(late.url)  # after it was added: it leaves the pool's chain
+        finally:
+            first.close()
+        assert NodeRegistry(client).all() == [] and len(NodeRegistry(client).added()) == 2
+
+        second = NodeManager(settings, client)
+        try:
+            specs = second.start()
+            assert [s.id for s in specs] == ["node-0", "ext-same"]
+            assert [s.id for s in NodeRegistry(client).all()] == ["ext-same", "node-0"]
+            assert [s.id for s in NodeRegistry(client).added()] == ["ext-same"]
+            events = {e["kind"]: e for e in recent_events(client, 20) if e["kind"] in ("node-readmitted", "node-forgotten")}
+            assert events["node-readmitted"]["node"] == "ext-same"
+            assert events["node-forgotten"]["node"] == "ext-late" and "another history" in events["node-forgotten"]["data"]["reason"]
+            remove_static_node(Pool(settings, client), "ext-same")
+            assert NodeRegistry(client).added() == []
+        finally:
+            second.close()
     finally:
         outside.close()
