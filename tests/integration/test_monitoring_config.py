@@ -109,7 +109,7 @@ def test_the_dashboard_has_the_panels_operators_look_for() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     for metric in ("esp_pool_lbh", "esp_node_distance", "esp_node_state", "esp_node_zone", "esp_queue_length",
-                   "esp_task_duration_seconds_bucket", "esp_tasks_total", "esp_recycles_total", "esp_nonce_conflicts_total",
+                   "esp_task_duration_seconds_bucket", "esp_task_queue_seconds_bucket", "esp_tasks_total", "esp_recycles_total", "esp_nonce_conflicts_total",
                    "esp_fee_bumps_total", "esp_rpc_requests_total", "esp_rpc_latency_seconds_bucket"):
         assert metric in exprs, metric
     assert "histogram_quantile" in exprs

@@ -201,6 +201,8 @@ def test_the_write_worker_shows_what_its_children_ran_by_class(stack: LocalStack
     assert samples["esp_tasks_total", (("class", "deploy"), ("outcome", "succeeded"))] >= 1  # the platform's deploy
     assert samples["esp_task_duration_seconds_count", (("class", "deploy"),)] >= 1
     assert samples["esp_task_duration_seconds_sum", (("class", "deploy"),)] > 0
+    # Each task that ran had waited, stamped by whoever sent it (here the control worker, ensuring the platform).
+    assert samples["esp_task_queue_seconds_count", (("class", "deploy"),)] == samples["esp_task_duration_seconds_count", (("class", "deploy"),)]
     for cls in TASK_CLASSES:  # every class shown from the start, a control task never ran here
         assert ("esp_tasks_total", (("class", cls), ("outcome", "failed"))) in samples
         assert samples["esp_tasks_running", (("class", cls),)] == 0  # livesum over the children, none running now
