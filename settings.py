@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ class Settings:
     node_memory_cap_mb: int = _setting("ESP_NODE_MEMORY_CAP_MB", 2048, "a node using more memory than this is recycled")
     node_cpu_limit: float = _setting("ESP_NODE_CPU_LIMIT", 1.0, "CPU limit of a node container (docker backend), in cores")
     docker_image: str = _setting("ESP_DOCKER_IMAGE", "esp-anvil:1.7.1", "image the docker backend runs (built locally by `make image`)")
+    docker_name_prefix: str = _setting("ESP_DOCKER_NAME_PREFIX", "esp-", "the node containers' names start with it (esp-node-0...): a second stack on one engine sets its own")
     docker_timeout: float = _setting("ESP_DOCKER_TIMEOUT", 10.0, "seconds any call to the container engine may take")
     docker_host: str = _setting("ESP_DOCKER_HOST", "", "container engine URL; empty uses DOCKER_HOST, then run/dockerd's socket, then /var/run/docker.sock")
     run_dir: Path = _setting("ESP_RUN_DIR", ROOT / "run", "folder for logs, pid files, node caches and the keystore")
@@ -172,6 +174,9 @@ class Settings:
                 raise ConfigError(f"ESP_NODE_URLS: {url!r} is not an http(s) JSON-RPC URL")
         if self.block_time < 0:
             raise ConfigError("ESP_BLOCK_TIME must be >= 0 (0 selects automine)")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.docker_name_prefix):
+            raise ConfigError(f"ESP_DOCKER_NAME_PREFIX must be 1 to 64 of A-Z a-z 0-9 _ . - starting with a letter or digit"
+                              f" (a container name's start), not {self.docker_name_prefix!r}")
         for name, value in (("ESP_MONITOR_INTERVAL", self.monitor_interval), ("ESP_RPC_TIMEOUT", self.rpc_timeout),
                             ("ESP_PROBE_TIMEOUT", self.probe_timeout), ("ESP_DOCKER_TIMEOUT", self.docker_timeout)):
             if value <= 0:

@@ -18,5 +18,5 @@ def make_backend(settings: Settings) -> NodeBackend:
     if settings.node_backend == "docker":
         from nodes.docker.backend import DockerBackend  # noqa: PLC0415 - the docker SDK adds ~30 ms to every process importing nodes; only this backend needs it
 
-        return DockerBackend(settings)
+        return DockerBackend(settings, name_prefix=settings.docker_name_prefix)
     raise ConfigError(f"unknown ESP_NODE_BACKEND {settings.node_backend!r}")

@@ -82,6 +82,8 @@ class ComposeStack:
             "ESP_REDIS_PORT": str(self.redis_port),
             "ESP_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
             "ESP_NODE_COUNT": str(NODE_COUNT),
+            # Node containers of its own: another ESP stack (make up's, a developer's) may run on this engine.
+            "ESP_DOCKER_NAME_PREFIX": f"{self.project}-",
         }
         self.client = docker.DockerClient(base_url=engine, timeout=30)
 
@@ -112,8 +114,9 @@ class ComposeStack:
             return 0, {"error": str(exc)}
 
     def node_containers(self) -> list[Any]:
-        """The anvil containers the stack's node manager runs (named esp-<node id>, labelled esp.node)."""
-        return [c for c in self.client.containers.list(all=True, filters={"label": "esp.node"}) if c.name.startswith("esp-node-")]
+        """The anvil containers the stack's node manager runs (named <project>-<node id>, labelled esp.node)."""
+        prefix = self.env["ESP_DOCKER_NAME_PREFIX"]
+        return [c for c in self.client.containers.list(all=True, filters={"label": "esp.node"}) if c.name.startswith(prefix)]
 
     def service_container(self, service: str) -> Any:
         labels = [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]
@@ -153,9 +156,6 @@ def stack(docker_engine: str) -> Iterator[ComposeStack]:
     if not docker_engine.startswith("unix://"):
         missing(f"compose/esp.yml mounts the engine's socket into the node manager: {docker_engine} is not a unix socket")
     up = ComposeStack(docker_engine)
-    strays = up.node_containers()
-    assert not strays, (f"node containers of another ESP stack run on this engine ({[c.name for c in strays]}): "
-                        "stop it first (docker-compose -f compose/esp.yml down)")
     build_images(docker_engine)
     try:
         started = up.run("up", "-d", timeout=UP_TIMEOUT)
@@ -204,7 +204,7 @@ def test_stack_in_containers_confirms_a_transfer_and_brings_back_killed_parts(st
     victim = next(n for n in pool["nodes"] if n["role"] == "follower")
     generation = victim.get("generation") or 0
     killed_at = time.time()
-    stack.client.containers.get(f"esp-{victim['id']}").kill()
+    stack.client.containers.get(stack.env["ESP_DOCKER_NAME_PREFIX"] + victim["id"]).kill()
 
     def back() -> dict[str, Any] | None:
         _, events = stack.request("GET", "/api/v1/nodes/events")
@@ -220,7 +220,7 @@ def test_stack_in_containers_confirms_a_transfer_and_brings_back_killed_parts(st
     wait_for(back, RECYCLE_TIMEOUT, lambda: stack.explain(
         f"{victim['id']} to be recycled and caught up; events: {stack.request('GET', '/api/v1/nodes/events')[1]}; "
         f"nodes: {stack.request('GET', '/api/v1/nodes')[1]}"), interval=1.0)
-    assert stack.client.containers.get(f"esp-{victim['id']}").status == "running"
+    assert stack.client.containers.get(stack.env["ESP_DOCKER_NAME_PREFIX"] + victim["id"]).status == "running"
 
     # The node manager crashes: the engine restarts it (restart: unless-stopped), and the new one replaces
     # the anvil containers the crashed one left running with a fresh devnet of its own.

@@ -41,6 +41,8 @@ def test_values_are_parsed_by_type(tmp_path: Path):
         ({"ESP_API_PORT": "70000"}, "ESP_API_PORT"),
         ({"ESP_MONITOR_INTERVAL": "0"}, "ESP_MONITOR_INTERVAL"),
         ({"ESP_ENV": "staging"}, "ESP_ENV"),
+        ({"ESP_DOCKER_NAME_PREFIX": "my stack/"}, "ESP_DOCKER_NAME_PREFIX"),
+        ({"ESP_DOCKER_NAME_PREFIX": "-esp"}, "ESP_DOCKER_NAME_PREFIX"),
     ],
 )
 def test_bad_values_name_the_variable(env, names):
