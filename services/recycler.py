@@ -26,7 +26,8 @@ the request waits in ``esp:recycler:request`` for the next step, which starts it
 were due, under the same rules (one at a time, the serving minimum, never a static node's restart);
 the request is refused at once when those rules already forbid it, and recorded as "<action>-refused"
 when they forbid it by the time the step comes. A drain the operator asked for holds the node
-"drained" (phase ``drained``, the key without a TTL) until it is undrained or recycled.
+"drained" (phase ``drained``, the key without a TTL) until it is undrained or recycled; a node due for
+a recycle meanwhile waits for it, recorded once as "recycle-held" naming the drained node.
 
 Every step is recorded as a node event. The recycle in progress is a Redis key
 with a TTL (``esp:recycler:current``, set only if absent): one node at a time,
@@ -133,6 +134,8 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
             else:
                 record_event(client, f"{request['action']}-refused", request["node"],
                              reason=f"{current['node']} is {current['phase']}: one node at a time")
+        if current.get("hold"):
+            _note_held_behind(pool, current, now)
         return _advance(pool, control, current, now)
 
     document = load_snapshot_document(client)
@@ -170,6 +173,31 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
         log.warning("recycling %s (%s): draining", node_id, reason)
         return {"action": "draining", "node": node_id, "reason": reason}
     return {"action": "idle"}
+
+
+def _note_held_behind(pool: Pool, current: dict[str, Any], now: float) -> None:
+    """While an operator holds a node drained, say once of each node then due for a recycle that it waits.
+
+    One node at a time holds for the operator's drain too, so a node that dies meanwhile is not healed
+    until the drained one is undrained or recycled: a ``recycle-held`` event (and count) tells the
+    operator so, as the serving minimum's does.
+    """
+    client = pool.redis
+    document = load_snapshot_document(client)
+    snapshot = Snapshot.from_dict(document) if document else None
+    if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+        return
+    for node_id, streak in _update_streaks(client, document).items():
+        if node_id == current["node"] or streak["n"] < pool.settings.recycle_after:
+            continue
+        spec = pool.registry.get(node_id)
+        if spec is None or spec.backend == "static":
+            continue
+        view = snapshot.node(node_id)
+        if _note_once(client, "held", node_id, "recycle-held", zone_reason=view.zone_reason if view else None,
+                      behind=current["node"], reason=f"{current['node']} is drained by an operator: one node at a time"
+                                                     " (undrain or recycle it)"):
+            RECYCLES.labels("held").inc()
 
 
 def _begin_drain(pool: Pool, node_id: str, now: float, *, reason: str | None, hold: bool) -> bool:

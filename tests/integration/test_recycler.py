@@ -20,7 +20,7 @@ from nodepool.rpc import RpcClient
 from nodepool.snapshot import status_overrides
 from nodes.manager import NodeManager
 from nodes.process import ProcessBackend
-from services.recycler import CURRENT_KEY, current_recycle
+from services.recycler import CURRENT_KEY, current_recycle, request_operation
 from settings import ROOT
 from tasks.routing import CONTROL_QUEUE
 from tests.conftest import DB_BALANCER, child_env, fresh_redis, make_settings, redis_url, stop_process
@@ -104,6 +104,37 @@ def test_recycler_never_takes_the_pool_below_the_serving_minimum(tmp_path: Path)
             assert sorted(done) == ["node-1", "node-2"]
         finally:
             lenient.close()
+
+
+def test_a_node_that_dies_while_an_operator_holds_another_drained_waits_and_says_so(tmp_path: Path) -> None:
+    held_before = recycles("held")
+    with managed_pool(tmp_path) as running:
+        for _ in range(3):
+            running.sample()
+        request_operation(running.pool, "node-2", "drain")
+        for _ in range(20):
+            running.tick()
+            current = current_recycle(running.redis)
+            if current is not None and current["phase"] == "drained":
+                break
+        assert current is not None and (current["node"], current["phase"]) == ("node-2", "drained"), current
+        running.kill("node-1")
+        for _ in range(10):  # 5 s: far beyond ESP_RECYCLE_AFTER=2 samples
+            snapshot, step = running.tick()
+            assert step["node"] == "node-2" and step["action"] != "draining", step  # one node at a time, even now
+        assert view_of(snapshot, "node-1").zone == "III" and set(status_overrides(running.redis)) == {"node-2"}
+        held = [e for e in recent_events(running.redis, 100) if e["kind"] == "recycle-held"]
+        assert [(e["node"], e["data"]["behind"]) for e in held] == [("node-1", "node-2")]  # once, naming the drain
+        assert recycles("held") == held_before + 1
+
+        request_operation(running.pool, "node-2", "undrain")
+        done = []
+        for _ in range(60):  # the undrain, then node-1's recycle: 30 s at most
+            _, step = running.tick()
+            if step["action"] == "recycled":
+                done.append(step["node"])
+                break
+        assert done == ["node-1"], recycle_kinds(running)
 
 
 def test_node_over_its_memory_cap_is_recycled(tmp_path: Path) -> None:
