@@ -115,6 +115,7 @@ def nodes_document(specs: Sequence[NodeSpec], snapshot: Mapping[str, Any] | None
             })
             if node.get("probe_error"):
                 entry["probe_error"] = node["probe_error"]
+        entry["serving"] = bool(node and node.get("serving"))  # the balancer's rule, as the monitor stored it
         if live_inflight is not None:
             entry["inflight_live"] = live_inflight.get(spec.id, 0)
         nodes.append(entry)
@@ -124,7 +125,7 @@ def nodes_document(specs: Sequence[NodeSpec], snapshot: Mapping[str, Any] | None
 
 def _pool_section(snapshot: Mapping[str, Any] | None, nodes: Sequence[Mapping[str, Any]], *, now: float,
                   stale_after: float, policy: str) -> dict[str, Any]:
-    serving = sum(1 for n in nodes if n.get("zone") in ("I", "II"))
+    serving = sum(1 for n in nodes if n["serving"])
     if not snapshot:
         return {
             "dis_ave": None, "lbh": None, "policy": policy, "snapshot_age_s": None, "stale": True,

@@ -166,7 +166,7 @@ def paths() -> dict[str, Any]:
         "/api/v1/nodes": {
             "get": op("The node pool", {"200": ok("nodes", obj({
                 "nodes": {"type": "array", "items": OBJECT}, "pool": OBJECT, "count": {"type": "integer"}}))}, tags=["pool"]),
-            "post": op("Add a static node: it must answer on the pool's chain (chain id and genesis block)",
+            "post": op("Add a static node: it must answer on the pool's chain (chain id, genesis block, history)",
                        {"201": ok("the node's record", node_record)}, tags=["pool"], admin=True, problems=("409",),
                        request=body({"url": node_url, "id": NODE_ID}, ["url"])),
         },

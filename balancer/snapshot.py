@@ -56,11 +56,12 @@ class NodeView:
             "zone_reason": self.zone_reason, "inflight": self.inflight, "head": self.head, "lag": self.lag,
             "latency_ms": self.latency_ms, "error_rate": self.error_rate,
             "memory_free_bytes": self.memory_free_bytes,
+            "serving": self.is_serving,  # derived, for readers of the stored snapshot (the API, esp)
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NodeView:
-        """Inverse of ``to_dict``."""
+        """Inverse of ``to_dict`` (the derived ``serving`` is computed again, not read)."""
         return cls(
             id=data["id"], url=data["url"], backend=data["backend"], status=data["status"],
             alive=bool(data["alive"]), state={k: float(v) for k, v in data["state"].items()},

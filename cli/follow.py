@@ -46,7 +46,8 @@ def node_of(document: Mapping[str, Any], node_id: str) -> Mapping[str, Any] | No
 
 
 def is_serving(node: Mapping[str, Any] | None) -> bool:
-    return node is not None and node.get("status") == "up" and node.get("zone") in ("I", "II")
+    """Whether the API says the node takes work again (its ``serving``, the balancer's rule) and answers."""
+    return node is not None and node.get("serving") is True and node.get("status") == "up"
 
 
 def follow_operation(client: ApiClient, answer: Mapping[str, Any], *, timeout: float, console: Console) -> None:

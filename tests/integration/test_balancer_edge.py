@@ -336,8 +336,8 @@ def test_stale_snapshot_is_reported_and_placement_falls_back_to_answering_nodes(
     running.redis.delete(SNAPSHOT_KEY)
     missing = client.get("/api/v1/nodes").get_json()
     assert missing["pool"]["stale"] is True and missing["pool"]["snapshot_age_s"] is None
-    assert [(n["id"], n["status"], n["zone"]) for n in missing["nodes"]] == [
-        ("node-0", "unknown", None), ("node-1", "unknown", None), ("node-2", "unknown", None)]
+    assert [(n["id"], n["status"], n["zone"], n["serving"]) for n in missing["nodes"]] == [
+        ("node-0", "unknown", None, False), ("node-1", "unknown", None, False), ("node-2", "unknown", None, False)]
 
 
 # -- the API ---------------------------------------------------------------------------------
@@ -360,7 +360,9 @@ def test_nodes_api_shape_history_and_plane(running: MonitoredPool) -> None:
         assert set(node["state"]) == set(DIMENSIONS) and all(0.0 <= v <= 1.0 for v in node["state"].values())
         assert isinstance(node["distance"], float) and 0.0 <= node["distance"] <= 2 ** 0.5
         assert isinstance(node["inflight"], int) and isinstance(node["head"], int)
+        assert node["serving"] is (node["zone"] in ("I", "II"))  # the balancer's rule, carried by the snapshot
     pool = body["pool"]
+    assert pool["nodes_serving"] == sum(n["serving"] for n in body["nodes"])
     for name in ("dis_ave", "lbh", "snapshot_age_s"):
         assert isinstance(pool[name], float), name
     assert pool["policy"] == "esp" and pool["stale"] is False and pool["paused"] is False
