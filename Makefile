@@ -68,6 +68,7 @@ bench: install dev-deps
 	$(BIN)/python -m bench.policies
 	$(BIN)/python -m bench.writes
 	$(BIN)/python -m bench.rpc
+	$(BIN)/python -m bench.request_counting
 	$(BIN)/python -m bench.thesis quick
 
 image: install
