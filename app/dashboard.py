@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,15 @@ def install(app: Flask) -> None:
     """Count the API's requests for the dashboard's requests-per-second chart (sent by a Tally, off the request path)."""
     tally = Tally(app.extensions["esp.pool"].redis)
     app.extensions["esp.activity"] = tally
-    atexit.register(tally.close)  # a gunicorn worker's graceful exit sends its last half second
+    atexit.register(_close_tally, weakref.ref(tally))  # a worker's graceful exit sends its last half second
     app.after_request(count_requests)
+
+
+def _close_tally(ref: weakref.ref[Tally]) -> None:
+    """Close the tally if its app still lives (a weak reference: an app a test dropped is not kept for atexit)."""
+    tally = ref()
+    if tally is not None:
+        tally.close()
 
 
 def count_requests(response: Response) -> Response:
