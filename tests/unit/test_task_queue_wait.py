@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tasks.metrics import SENT_AT_HEADER, _stamp_sent, queue_wait
 
@@ -13,7 +13,7 @@ def test_the_wait_runs_from_the_sending() -> None:
 
 
 def test_a_countdown_waits_from_its_eta_not_from_its_sending() -> None:
-    eta = datetime.fromtimestamp(130.0, tz=timezone.utc).isoformat()
+    eta = datetime.fromtimestamp(130.0, tz=UTC).isoformat()
     assert queue_wait(100.0, eta, 131.0) == 1.0
     assert queue_wait(140.0, eta, 141.0) == 1.0  # an ETA already past when sent: from the sending
 
