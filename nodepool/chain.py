@@ -52,23 +52,34 @@ def block_hash(url: str, number: int, *, timeout: float) -> str:
     return block["hash"]
 
 
-def chain_mismatch(url: str, pool_urls: Iterable[str], *, chain_id: int, timeout: float) -> str | None:
+#: Blocks a node may be ahead of a devnet's leader when it is read (the leader mined while both were asked).
+AHEAD_SLACK = 2
+
+
+def chain_mismatch(url: str, pool_urls: Iterable[str], *, chain_id: int, timeout: float,
+                   leader: str | None = None) -> str | None:
     """None when ``url`` is on the chain the pool's nodes serve; otherwise one sentence saying why not.
 
-    ``pool_urls`` are tried in order (the leader first, as a follower may lag); the first that answers
-    is the reference. When none answers, only the chain id is checked. NodeError when ``url`` itself
-    does not answer.
+    The reference is the first that answers of ``leader`` (a devnet's leader URL, when the pool has one)
+    and ``pool_urls`` in order. A devnet's leader makes its chain, so a node more than AHEAD_SLACK blocks
+    ahead of it has another history even where the blocks both have agree (a devnet started again from
+    genesis, read while it is still young). When no reference answers, only the chain id is checked.
+    NodeError when ``url`` itself does not answer.
     """
     candidate = chain_view(url, timeout=timeout)
     if candidate.chain_id != chain_id:
         return f"{url} serves chain id {candidate.chain_id}, not the pool's {chain_id}"
-    for reference in pool_urls:
+    references = ([leader] if leader else []) + [u for u in pool_urls if u != leader]
+    for reference in references:
         try:
             ours = chain_view(reference, timeout=timeout)
             height = min(candidate.head, ours.head)
             ours_at = block_hash(reference, height, timeout=timeout) if height else ours.genesis
         except NodeError:
             continue
+        if reference == leader and candidate.head > ours.head + AHEAD_SLACK:
+            return (f"{url} serves chain id {chain_id} but another history: its head {candidate.head} is ahead of"
+                    f" the pool leader's {ours.head}")
         if candidate.genesis != ours.genesis:
             return (f"{url} serves chain id {chain_id} but another chain: its genesis block is {candidate.genesis},"
                     f" the pool's {ours.genesis}")

@@ -117,12 +117,13 @@ class NodeManager:
     def readmit_added(self, pool: Sequence[NodeSpec]) -> list[NodeSpec]:
         """Register again each static node an operator added (``esp node add``) that is still on the pool's chain.
 
-        Each is checked as when it was added (chain id, genesis, the block at the lower head, against the
-        leader first); one that fails, does not answer, or whose id or URL the pool now uses is forgotten,
+        Each is checked as when it was added (chain id, genesis, the block at the lower head, and for a
+        devnet not ahead of its leader); one that fails, does not answer, or whose id or URL the pool now uses is forgotten,
         with a ``node-forgotten`` event saying why: a devnet started again from genesis is another history.
         """
-        leader = self.registry.pool().get("leader")
-        urls = [s.url for s in sorted(pool, key=lambda s: s.id != leader)]
+        leader_id = self.registry.pool().get("leader")
+        leader = next((s.url for s in pool if s.id == leader_id), None) if leader_id else None
+        urls = [s.url for s in pool]
         ids, taken_urls = {s.id for s in pool}, {s.url.rstrip("/").lower() for s in pool}
         readmitted = []
         for spec in self.registry.added():
@@ -131,7 +132,7 @@ class NodeManager:
             else:
                 try:
                     reason = chain_mismatch(spec.url, urls, chain_id=self.settings.chain_id,
-                                            timeout=self.settings.probe_timeout * 3)
+                                            timeout=self.settings.probe_timeout * 3, leader=leader)
                 except NodeError as exc:
                     reason = f"{spec.url} does not answer ({exc})"
             if reason is None:

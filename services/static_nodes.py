@@ -67,10 +67,6 @@ def check_node_url(value: Any, allowed_hosts: tuple[str, ...], field: str = "url
     return value.rstrip("/")
 
 
-def pool_urls(pool: Pool) -> list[str]:
-    """The pool's node URLs, its leader's first (a follower may lag behind it)."""
-    leader = pool.registry.pool().get("leader")
-    return [s.url for s in sorted(pool.nodes(), key=lambda s: s.id != leader)]
 
 
 def add_static_node(pool: Pool, url: Any, node_id: Any = None) -> NodeSpec:
@@ -89,7 +85,9 @@ def add_static_node(pool: Pool, url: Any, node_id: Any = None) -> NodeSpec:
         raise Conflict(f"{url} is registered already, as {same.id}", field="url")
     chain_id = int(pool.registry.pool().get("chain_id") or settings.chain_id)
     try:
-        wrong = chain_mismatch(url, pool_urls(pool), chain_id=chain_id, timeout=settings.probe_timeout * 3)
+        leader = pool.registry.leader()
+        wrong = chain_mismatch(url, [s.url for s in specs], chain_id=chain_id, timeout=settings.probe_timeout * 3,
+                               leader=leader.url if leader else None)
     except NodeError as exc:
         raise ValidationError("url", f"{url} is not a working Ethereum JSON-RPC endpoint ({exc})") from None
     if wrong is not None:

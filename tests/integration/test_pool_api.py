@@ -173,3 +173,32 @@ def test_static_nodes_an_operator_added_come_back_after_a_restart_while_on_the_p
             second.close()
     finally:
         outside.close()
+
+
+def test_a_static_node_that_kept_a_restarted_devnets_old_chain_is_forgotten(tmp_path, anvil_binary):
+    """A managed devnet starts again from the same genesis: a young chain whose few blocks say nothing yet. An added
+    node that is far ahead of its leader kept another history, and is forgotten rather than registered again."""
+    client = fresh_redis(DB_FOUNDATION)
+    settings = make_settings(tmp_path, ESP_REDIS_URL=redis_url(DB_FOUNDATION), ESP_BLOCK_TIME="1")
+    outside = ProcessBackend(make_settings(tmp_path / "outside", ESP_BLOCK_TIME="0"))
+    try:
+        kept = outside.start("kept", role="standalone")
+        first = NodeManager(settings, client)
+        first.start()
+        try:
+            add_static_node(Pool(settings, client), kept.url, "ext-kept")
+        finally:
+            first.close()
+        RpcClient(kept.url).call("anvil_mine", [hex(20)])  # its own blocks, as if it had followed the old chain on
+
+        second = NodeManager(settings, client)
+        try:
+            specs = second.start()
+            assert [s.id for s in specs] == ["node-0", "node-1", "node-2"]
+            assert NodeRegistry(client).get("ext-kept") is None and NodeRegistry(client).added() == []
+            (forgotten,) = [e for e in recent_events(client, 50) if e["kind"] == "node-forgotten"]
+            assert forgotten["node"] == "ext-kept" and "ahead of the pool leader's" in forgotten["data"]["reason"]
+        finally:
+            second.close()
+    finally:
+        outside.close()
