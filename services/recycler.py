@@ -146,9 +146,7 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
         client.delete(REQUEST_KEY)
         return _start_requested(pool, snapshot, request, now)
     streaks = _update_streaks(client, document)
-    due = sorted((n for n, s in streaks.items() if s["n"] >= pool.settings.recycle_after),
-                 key=lambda n: (-streaks[n]["n"], n))
-    for node_id in due:
+    for node_id in _due(streaks, pool.settings.recycle_after):
         spec = pool.registry.get(node_id)
         if spec is None:
             continue
@@ -187,8 +185,8 @@ def _note_held_behind(pool: Pool, current: dict[str, Any], now: float) -> None:
     snapshot = Snapshot.from_dict(document) if document else None
     if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
         return
-    for node_id, streak in _update_streaks(client, document).items():
-        if node_id == current["node"] or streak["n"] < pool.settings.recycle_after:
+    for node_id in _due(_update_streaks(client, document), pool.settings.recycle_after):
+        if node_id == current["node"]:
             continue
         spec = pool.registry.get(node_id)
         if spec is None or spec.backend == "static":
@@ -402,6 +400,11 @@ def _update_streaks(client: redis.Redis, document: dict[str, Any]) -> dict[str, 
         pipe.srem(NOTED_KEY, f"static:{node_id}", f"held:{node_id}")
     pipe.execute()
     return nodes
+
+
+def _due(streaks: dict[str, dict[str, Any]], recycle_after: int) -> list[str]:
+    """The nodes zone III long enough to be recycled, the longest first (then by id)."""
+    return sorted((n for n, s in streaks.items() if s["n"] >= recycle_after), key=lambda n: (-streaks[n]["n"], n))
 
 
 def _note_once(client: redis.Redis, what: str, node_id: str, kind: str, **data: Any) -> bool:
