@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from balancer import STATUS_DRAINING, STATUS_RECYCLING, BalancerConfig, Snapshot, parse_weights
+from balancer import STATUS_DRAINING, STATUS_RECYCLING, BalancerConfig, Snapshot, is_stale, parse_weights
 from nodepool.codec import as_text
 from nodepool.pool import Pool
 from settings import Settings
@@ -51,6 +51,15 @@ def load_snapshot_document(client: redis.Redis) -> dict[str, Any] | None:
     """The newest snapshot as stored: ``Snapshot.to_dict()`` plus the monitor's extra fields (role, sync, raw)."""
     raw = client.get(SNAPSHOT_KEY)
     return json.loads(raw) if raw else None
+
+
+def load_fresh_snapshot(client: redis.Redis, *, now: float, stale_after: float) -> tuple[dict[str, Any], Snapshot] | None:
+    """The newest snapshot as stored and as a Snapshot; None when there is none or it is older than ``stale_after``."""
+    document = load_snapshot_document(client)
+    if document is None:
+        return None
+    snapshot = Snapshot.from_dict(document)
+    return None if is_stale(snapshot, now, stale_after) else (document, snapshot)
 
 
 # -- the recycler's status overrides ------------------------------------------------------

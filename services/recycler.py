@@ -45,13 +45,13 @@ from typing import Any
 import redis
 from prometheus_client import Counter
 
-from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot, is_stale
+from balancer import STATUS_DRAINING, STATUS_RECYCLING, ZONE_III, Snapshot
 from balancer.zones import REASON_DOWN, REASON_NOT_ANSWERING, REASON_OVER_MEMORY_CAP, REASON_RECYCLE_DISTANCE
 from errors import Conflict, NotFound
 from nodepool.events import record_event
 from nodepool.pool import Pool
 from nodepool.registry import NodeControl
-from nodepool.snapshot import clear_status_override, load_snapshot_document, set_status_override, status_overrides
+from nodepool.snapshot import clear_status_override, load_fresh_snapshot, set_status_override, status_overrides
 from nodepool.sync import SYNCING
 from nodepool.traffic import Traffic
 
@@ -138,10 +138,10 @@ def _step(pool: Pool, control: NodeControl, now: float) -> dict[str, Any]:
             _note_held_behind(pool, current, now)
         return _advance(pool, control, current, now)
 
-    document = load_snapshot_document(client)
-    snapshot = Snapshot.from_dict(document) if document else None
-    if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+    fresh = load_fresh_snapshot(client, now=now, stale_after=pool.settings.stale_after)
+    if fresh is None:
         return {"action": "stale"}
+    document, snapshot = fresh
     if request is not None:
         client.delete(REQUEST_KEY)
         return _start_requested(pool, snapshot, request, now)
@@ -181,10 +181,10 @@ def _note_held_behind(pool: Pool, current: dict[str, Any], now: float) -> None:
     operator so, as the serving minimum's does.
     """
     client = pool.redis
-    document = load_snapshot_document(client)
-    snapshot = Snapshot.from_dict(document) if document else None
-    if document is None or snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+    fresh = load_fresh_snapshot(client, now=now, stale_after=pool.settings.stale_after)
+    if fresh is None:
         return
+    document, snapshot = fresh
     for node_id in _due(_update_streaks(client, document), pool.settings.recycle_after):
         if node_id == current["node"]:
             continue
@@ -255,12 +255,11 @@ def request_operation(pool: Pool, node_id: str, action: str, *, now: float | Non
 
 def _check_serving(pool: Pool, node_id: str, now: float) -> None:
     """Conflict unless at least ESP_MIN_SERVING_NODES other nodes serve in a fresh snapshot."""
-    document = load_snapshot_document(pool.redis)
-    snapshot = Snapshot.from_dict(document) if document else None
-    if snapshot is None or is_stale(snapshot, now, pool.settings.stale_after):
+    fresh = load_fresh_snapshot(pool.redis, now=now, stale_after=pool.settings.stale_after)
+    if fresh is None:
         raise Conflict("the pool's snapshot is missing or stale (is the beat running?): the recycler cannot act now",
                        field="node_id")
-    serving = [n.id for n in snapshot.serving() if n.id != node_id]
+    serving = [n.id for n in fresh[1].serving() if n.id != node_id]
     if len(serving) < pool.settings.min_serving_nodes:
         raise Conflict(f"taking {node_id} out would leave {len(serving)} serving node(s), fewer than"
                        f" ESP_MIN_SERVING_NODES={pool.settings.min_serving_nodes}", field="node_id")

@@ -23,12 +23,11 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from balancer import Snapshot, is_stale
 from errors import Conflict, NodeError, NotFound, ValidationError
 from nodepool.chain import chain_mismatch
 from nodepool.events import record_event
 from nodepool.pool import Pool
-from nodepool.snapshot import clear_status_override, load_snapshot_document
+from nodepool.snapshot import clear_status_override, load_fresh_snapshot
 from nodepool.spec import ROLE_STANDALONE, NodeSpec
 from nodepool.traffic import Traffic
 from services.recycler import current_recycle
@@ -115,10 +114,9 @@ def remove_static_node(pool: Pool, node_id: str, *, now: float | None = None) ->
     if current is not None and current["node"] == node_id:
         raise Conflict(f"{node_id} is {current['phase']} by the recycler: undrain it first", field="node_id")
     others = [s.id for s in pool.nodes() if s.id != node_id]
-    document = load_snapshot_document(pool.redis)
-    snapshot = Snapshot.from_dict(document) if document else None
-    if snapshot is not None and not is_stale(snapshot, now, pool.settings.stale_after):
-        serving = [n.id for n in snapshot.serving() if n.id != node_id and n.id in others]
+    fresh = load_fresh_snapshot(pool.redis, now=now, stale_after=pool.settings.stale_after)
+    if fresh is not None:
+        serving = [n.id for n in fresh[1].serving() if n.id != node_id and n.id in others]
         if not serving:
             raise Conflict(f"{node_id} is the last serving node: add or heal another first", field="node_id")
     elif not others:
