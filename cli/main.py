@@ -72,7 +72,7 @@ def pool(watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh unti
 @node_app.command("add")
 def node_add(url: Annotated[str, typer.Argument(help="the node's JSON-RPC URL")],
              node_id: Annotated[str | None, typer.Option("--id", help="its id (default static-N)")] = None) -> None:
-    """Add a static node: it must answer on the pool's chain (same chain id and genesis block)."""
+    """Add a static node: it must answer on the pool's chain (its chain id, genesis block and history)."""
     body = {"url": url} if node_id is None else {"url": url, "id": node_id}
     spec = api().post("/api/v1/nodes", body)
     out.print(f"added {spec['id']} ({spec['url']}, static)")
