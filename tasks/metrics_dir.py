@@ -12,7 +12,10 @@ Each worker, control worker or beat gets a fresh, empty folder of its own under
 ``$ESP_RUN_DIR/prometheus-celery`` (scaled workers may share the run folder, even from several
 containers): it holds an advisory lock on it for its life (its children inherit the lock), and
 a process starting later removes every folder no process holds, i.e. those of processes killed
-before they could remove their own.
+before they could remove their own. The folder is made under a hidden name, locked, and only then
+renamed to its own: a sweep never sees it unlocked (it once removed a control worker's folder
+between its making and its locking, and the worker died at import). A hidden folder older than
+MAKING_GRACE seconds is what a process killed while making it left, and is removed too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 
@@ -32,6 +36,9 @@ from settings import Settings
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LOCK_NAME = ".owner.lock"
 SHARED_MODE = 0o1777
+#: The prefix of a folder being made (not yet locked: sweeps leave it alone), and how long it may stay so.
+MAKING_PREFIX = ".making-"
+MAKING_GRACE = 60.0
 
 _held: list[IO[bytes]] = []  # the open lock of this process's folder (kept open as long as the process lives)
 
@@ -40,12 +47,14 @@ def use_metrics_dir(settings: Settings) -> Path:
     """Make this process's metrics folder, drop those of dead processes, and point prometheus_client at it."""
     base = shared_base(settings)
     for old in base.iterdir():
-        if old.is_dir() and not _is_held(old):
+        if old.is_dir() and _is_left_over(old):
             shutil.rmtree(old, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
-    lock = open(path / LOCK_NAME, "wb")  # held open for the process's life
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    making = Path(tempfile.mkdtemp(prefix=MAKING_PREFIX, dir=base))
+    lock = open(making / LOCK_NAME, "wb")  # held open for the process's life
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else opens a folder being made
     _held.append(lock)
+    path = base / f"{os.getpid()}-{making.name.removeprefix(MAKING_PREFIX)}"
+    making.rename(path)  # visible to sweeps only now, locked (the lock is on the file, which moves with it)
     os.environ[METRICS_DIR_ENV] = str(path)
     values.ValueClass = values.get_value_class()  # file-backed from now on, whoever imported the library first
     owner = os.getpid()
@@ -67,6 +76,16 @@ def shared_base(settings: Settings) -> Path:
     if base.stat().st_uid == os.geteuid() and base.stat().st_mode & 0o7777 != SHARED_MODE:
         base.chmod(SHARED_MODE)  # mkdir's mode is cut by the umask
     return base
+
+
+def _is_left_over(folder: Path) -> bool:
+    """A folder no live process holds, or one a killed process left half made."""
+    if folder.name.startswith(MAKING_PREFIX):
+        try:
+            return time.time() - folder.stat().st_mtime > MAKING_GRACE
+        except FileNotFoundError:
+            return False  # renamed by its maker meanwhile
+    return not _is_held(folder)
 
 
 def _is_held(folder: Path) -> bool:

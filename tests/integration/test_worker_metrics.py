@@ -97,11 +97,16 @@ def test_a_metrics_folder_no_process_holds_is_removed_and_a_held_one_kept(tmp_pa
     stale.mkdir(parents=True)
     (stale / ".owner.lock").touch()
     (stale / "counter_4242.db").write_bytes(b"old")
+    being_made, half_made = base / ".making-now", base / ".making-long-ago"  # hidden: not yet locked by their maker
+    being_made.mkdir()
+    half_made.mkdir()
+    os.utime(half_made, (time.time() - 120, time.time() - 120))  # older than MAKING_GRACE: its maker was killed
     holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), "30"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None
         held = Path(holder.stdout.readline().strip())
-        assert held.parent == base and not stale.exists()
+        assert held.parent == base and not held.name.startswith(".") and not stale.exists()
+        assert being_made.exists() and not half_made.exists()
 
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path), "0"], cwd=ROOT, capture_output=True, text=True,
                               timeout=30, check=True)
@@ -111,6 +116,36 @@ def test_a_metrics_folder_no_process_holds_is_removed_and_a_held_one_kept(tmp_pa
     finally:
         holder.kill()
         holder.communicate()
+
+
+SWEEP_WHILE_LOCKING = """
+import fcntl, sys
+from settings import Settings
+from tasks import metrics_dir
+
+real_flock, swept, calls = fcntl.flock, [], []
+
+def flock_after_a_sweep(f, op):  # another process sweeps at the worst moment: just before this one locks
+    calls.append(op)
+    if len(calls) == 1:  # this process's own lock: the sweep's probes (flock too) go straight through
+        base = metrics_dir.shared_base(settings)
+        swept.extend(str(old) for old in base.iterdir() if old.is_dir() and metrics_dir._is_left_over(old))
+        for old in swept:
+            metrics_dir.shutil.rmtree(old, ignore_errors=True)
+    return real_flock(f, op)
+
+settings = Settings.from_env({"ESP_RUN_DIR": sys.argv[1]})
+metrics_dir.fcntl.flock = flock_after_a_sweep
+path = metrics_dir.use_metrics_dir(settings)
+print(path.is_dir(), swept)
+"""
+
+
+def test_a_sweep_between_the_making_and_the_locking_of_a_folder_leaves_it(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", SWEEP_WHILE_LOCKING, str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True []", done.stdout
 
 
 def test_a_folder_of_another_user_is_left_to_it() -> None:
