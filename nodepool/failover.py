@@ -54,13 +54,13 @@ class ReadClient:
         return self.call_with_node(method, params, kind=kind)[0]
 
     def call_with_node(self, method: str, params: Sequence[Any] = (), *,
-                       kind: TaskKind | str = TaskKind.READ) -> tuple[Any, str]:
-        """The result of ``method`` and the id of the node that answered it.
+                       kind: TaskKind | str = TaskKind.READ, exclude: Iterable[str] = ()) -> tuple[Any, str]:
+        """The result of ``method`` and the id of the node that answered it (never one of ``exclude``).
 
         Raises RpcError (not retried) when the node answers with an error object, and
         NoHealthyNode when no node may take the read or every node tried failed.
         """
-        tried: set[str] = set()
+        tried: set[str] = set(exclude)
 
         def candidates() -> Iterator[str]:
             # Each attempt excludes the nodes that failed, so the loop ends when the pool runs out.

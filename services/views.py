@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from contracts.abi import artifact_abi, decode_output, encode_call, platform_decoder
+from contracts.abi import artifact_abi, decode_output, encode_call, find_function, platform_decoder
 from errors import EspError, NodeError, NotFound
 from nodepool.failover import ReadClient
 from services.platform import platform_record
@@ -68,10 +68,19 @@ class PlatformViews:
 
 
     def call_view(self, address: str, artifact: str, function: str, args: list[Any] | None = None) -> tuple[list[Any], str]:
-        """Call a view function through the reader; return its decoded outputs and the node that answered."""
+        """Call a view function through the reader; return its decoded outputs and the node that answered.
+
+        A view with outputs that answers nothing (``0x``) ran on a node with no code at ``address``: one
+        still behind the block that deployed it. The read goes to another node; when none has the code,
+        NoHealthyNode (503), never an empty answer decoded as if it were one.
+        """
         abi = artifact_abi(artifact)
-        data = encode_call(abi, function, args or [])
-        result, node = self.reader.call_with_node("eth_call", [{"to": address, "data": data}, "latest"])
+        call = [{"to": address, "data": encode_call(abi, function, args or [])}, "latest"]
+        behind: list[str] = []
+        result, node = self.reader.call_with_node("eth_call", call)
+        while result in ("0x", "") and find_function(abi, function).get("outputs"):
+            behind.append(node)
+            result, node = self.reader.call_with_node("eth_call", call, exclude=behind)
         return decode_output(abi, function, result), node
 
 

@@ -24,7 +24,7 @@ import redis
 
 from app import create_app
 from balancer import DIMENSIONS, NodeView, Snapshot, TaskKind
-from errors import RpcError
+from errors import NoHealthyNode, RpcError
 from nodepool.events import recent_events
 from nodepool.failover import ReadClient
 from nodepool.placement import DispatchPaused, Placement
@@ -35,6 +35,7 @@ from nodepool.sync import sync_statuses
 from nodes.manager import NodeManager
 from services.monitor import ResourceSampler, sample_pool
 from services.recycler import recycle_step
+from services.views import PlatformViews
 from settings import Settings
 from tests.conftest import DB_BALANCER, fresh_redis, make_settings, redis_url
 from tests.waiting import wait_for
@@ -467,3 +468,14 @@ def test_a_hung_node_is_zone_three_and_the_sample_stays_inside_its_beat(running:
     for _ in range(2):
         snapshot = running.sample()
     assert view_of(snapshot, "node-2").zone in ("I", "II")
+
+
+def test_a_view_of_a_contract_no_node_has_yet_is_no_answer_not_a_decoded_zero(running: MonitoredPool) -> None:
+    """A node behind the block that deployed a contract answers its views with `0x`: the read moves to other nodes,
+    and when none has the code it is NoHealthyNode (a 503), never an empty answer decoded as a number."""
+    for _ in range(3):
+        running.sample()
+    views = PlatformViews(ReadClient(running.pool), running.redis)
+    nowhere = "0x00000000000000000000000000000000DeaDBeef"  # no code on any node
+    with pytest.raises(NoHealthyNode):
+        views.call_view(nowhere, "ProjectMarket", "projectCount")
