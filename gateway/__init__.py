@@ -9,6 +9,7 @@
 - ``protocol``: JSON-RPC 2.0 error codes and replies, one request checked;
 - ``state``: the pool's state a process routes by, and its queued writes;
 - ``sending``: ``eth_sendRawTransaction``, kept then broadcast by the write path's protocol;
+- ``shown``: what each caller was last shown (a block, the node that took its transaction), so it reads its own writes;
 - ``gateway``: one request or batch, routed, failed over within a deadline, answered;
 - ``metrics``: requests, errors, latency and cache hits per method and node.
 

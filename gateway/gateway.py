@@ -7,7 +7,7 @@ own merits and answered in order; a batch longer than ``max_batch`` is refused w
 A read goes to the node the balancer's read preference chooses among those that may answer it: not
 left alone by its circuit breaker, and, for ``latest``/``pending`` (or a block number), at the pool's
 head (``gateway.heads``) or at the block — and at the newest block this caller has already been
-shown, so that a client reads its own writes. A node that does not answer (or times out) is
+shown, so that a client reads its own writes (a cached head below that block is not used for it). A node that does not answer (or times out) is
 replaced by another until ``deadline``; an error *answer* (a revert, with its data) is passed through
 as the node gave it. A by-hash lookup a node answers null is asked of the nodes furthest ahead
 before null is believed. Answers that cannot change are cached (``gateway.cache``).
@@ -19,8 +19,9 @@ write order.
 The gateway runs on an asyncio loop (``rpc.server``). The pool's state (the devnet's sync status,
 breaker marks, in-flight counts) is read by each process every SHARED_EVERY seconds, not per request;
 a request's own Redis reads (what its caller was last shown, cached answers) are one pipelined round
-trip; what it writes (its node call's in-flight mark and outcome, cache entries, what the caller was
-shown) is queued and sent every FLUSH_EVERY seconds in one round trip for all requests. Node calls
+trip; what it writes (its node call's in-flight mark and outcome, cache entries) is queued and sent
+every FLUSH_EVERY seconds in one round trip for all requests. A newer block the caller was shown is
+written before the reply leaves (one round trip, only then): its next request may reach another process. Node calls
 share one aiohttp session. Measured on this machine, the same gateway under Flask and gunicorn cost ~5 ms of
 CPU per request (bench.rpc): the framework and ~7 Redis round trips, more than a node's answer.
 """
@@ -49,6 +50,7 @@ from gateway.heads import Heads, at_least, healthy, pool_head
 from gateway.methods import BlockNeed, Kind, block_need
 from gateway.protocol import INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, Call, RpcFault, check, error_reply
 from gateway.sending import RawSender, producer
+from gateway.shown import Shown, ShownRecords
 from gateway.state import Deferred, Shared
 from nodepool.activity import count_on
 from nodepool.aiorpc import AsyncRpcClient
@@ -62,13 +64,6 @@ from settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: What a caller was last shown, for reading its own writes: ``{"block": n, "node": id, "at": t}``.
-SEEN_KEY = "esp:rpc:seen:{}"
-SEEN_TTL = 60
-#: Keys whose "shown" record a process keeps in memory as well.
-MAX_SEEN_KEYS = 10_000
-#: Seconds after a raw transaction during which the caller's ``pending`` reads go to the node that took it.
-READ_OWN_WRITE_FOR = 30.0
 #: Seconds between two reads of the pool's state (sync status, breaker marks, in-flight counts) per process.
 SHARED_EVERY = 0.05
 #: A state older than this (the refresher stalled) is read again by the request that finds it.
@@ -108,12 +103,14 @@ class Context:
     queues its writes. ``inflight`` and ``heads`` are its own copies: it counts its calls and waits for heads."""
 
     shared: Shared
-    seen: dict[str, Any]
+    seen: Shown
     cached: dict[str, Any]
     inflight: dict[str, int]
     heads: dict[str, int]
     #: Where the request queues its writes: the gateway's queue, sent every FLUSH_EVERY seconds.
     after: Deferred = field(default_factory=Deferred)
+    #: Writes sent before the reply leaves: what the caller was shown, which its next request may ask of another process.
+    before_reply: Deferred = field(default_factory=Deferred)
 
 
 class Gateway:
@@ -134,8 +131,8 @@ class Gateway:
         self._chain: int | None = None
         self._chain_read_at = -CHAIN_RECHECK
         self._shared: Shared | None = None
-        #: What each key was last shown and where it last wrote, as this process knows it (newest keys last).
-        self._seen: dict[str, dict[str, Any]] = {}
+        #: What each key was last shown and where it last wrote, as this process knows it.
+        self._seen = ShownRecords()
         #: Writes requests queue (the in-flight marks of their node calls included), sent by ``run`` every FLUSH_EVERY.
         self._writes = Deferred()
         self._running = False
@@ -169,7 +166,7 @@ class Gateway:
                 continue
             started = time.perf_counter()
             try:
-                result = await self._dispatch(call, caller, context, keys.get(i))
+                result = await self._dispatch(call, context, keys.get(i))
                 reply: dict[str, Any] = {"jsonrpc": "2.0", "id": call.id, "result": result}
                 outcome = "ok"
             except RpcFault as fault:
@@ -179,7 +176,17 @@ class Gateway:
             metrics.LATENCY.labels(call.method.name).observe(time.perf_counter() - started)
             replies.append(None if call.notification else reply)
         count_on(self._writes, "rpc", sum(isinstance(c, Call) for c in calls))  # sent with the other queued writes
+        await self._send_now(context)
         return replies
+
+    async def _send_now(self, context: Context) -> None:
+        """Send the writes the caller's next request must find, whichever process takes it (one round trip)."""
+        commands, context.before_reply.commands = context.before_reply.commands, []
+        try:
+            await self._execute(commands)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("gateway: what a caller was shown not written before the reply (queued again): %s", exc)
+            self._writes.commands.extend(commands)
 
     def _cacheable(self, call: Call) -> bool:
         return self.config.cache.enabled and call.method.kind is Kind.READ and may_be_cached(call.method)
@@ -191,21 +198,12 @@ class Gateway:
         if shared is None or time.monotonic() - shared.read_at > STALE_SHARED:
             shared = await self._refresh()  # not started, or the refresher stalled: read it now
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(SEEN_KEY.format(caller.key_id))
+        self._seen.read_on(pipe, caller.key_id)
         if cache_keys:
             pipe.mget(cache_keys)
         replies = await pipe.execute()
         cached = {k: v for k, v in zip(cache_keys, replies[1], strict=True) if v is not None} if cache_keys else {}
-        stored = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (replies[0] or {}).items()}
-        # One record per key in this process, shared by its requests (their writes to Redis may still be queued).
-        seen = self._seen.pop(caller.key_id, None) or {}
-        self._seen[caller.key_id] = seen  # newest last: the oldest key is dropped first
-        if len(self._seen) > MAX_SEEN_KEYS:
-            self._seen.pop(next(iter(self._seen)))
-        if int(stored.get("block", -1)) > int(seen.get("block", -1)):
-            seen["block"] = stored["block"]
-        if float(stored.get("at", 0)) > float(seen.get("at", 0)):
-            seen["node"], seen["at"] = stored.get("node"), stored["at"]
+        seen = self._seen.get(caller.key_id, replies[0])
         return Context(shared, seen, cached, dict(shared.inflight), dict(shared.heads), self._writes)
 
     async def _refresh(self) -> Shared:
@@ -230,6 +228,10 @@ class Gateway:
     async def _flush(self) -> None:
         """Send the writes requests queued (in-flight marks, outcomes, cache, what callers were shown): one round trip."""
         commands, self._writes.commands = self._writes.commands, []
+        await self._execute(commands)
+
+    async def _execute(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+        """Recorded commands sent in one pipelined round trip (none: nothing sent)."""
         if not commands:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -267,19 +269,32 @@ class Gateway:
 
     # -- one request ---------------------------------------------------------------------------------
 
-    async def _dispatch(self, call: Call, caller: Caller, context: Context, key: str | None) -> Any:
+    async def _dispatch(self, call: Call, context: Context, key: str | None) -> Any:
         kind = call.method.kind
         if kind is Kind.SEND_RAW:
-            return await self._send_raw(call, caller, context)
+            return await self._send_raw(call, context)
         if kind in (Kind.NODE_KEY, Kind.ADMIN):
             return (await self._ask(call.method.name, call.params, context, first=producer(context.shared.view)))[1]
+        result = await self._cached_or_read(call, context, block_need(call.method, call.params), key)
+        number_field = SHOWS_BLOCK.get(call.method.name)
+        if number_field is not None and isinstance(result, dict) and isinstance(result.get(number_field), str):
+            # This caller's reads at the head now come from nodes that have the block (however the answer was found).
+            context.seen.show(to_int(result[number_field]), context.before_reply)
+        return result
+
+    async def _cached_or_read(self, call: Call, context: Context, need: BlockNeed, key: str | None) -> Any:
+        """The answer from the cache, or shared with an identical call in flight, or read from a node (and cached)."""
         if key is not None and key in context.cached:
-            metrics.CACHE.labels(call.method.name, "hit").inc()
-            return json.loads(context.cached[key])
-        need = block_need(call.method, call.params)
+            result = json.loads(context.cached[key])
+            if not self._behind_caller(call, result, context):
+                metrics.CACHE.labels(call.method.name, "hit").inc()
+                return result
+            key = None  # another caller's head, below a block this caller was shown: asked afresh, not kept
         if key is None:
-            return await self._read(call, caller, context, need)
-        result, shared = await self.inflight.run(key, lambda: self._read(call, caller, context, need))
+            return await self._read(call, context, need)
+        result, shared = await self.inflight.run(key, lambda: self._read(call, context, need))
+        if shared and self._behind_caller(call, result, context):
+            return await self._read(call, context, need)
         metrics.CACHE.labels(call.method.name, "shared" if shared else "miss").inc()
         if not shared:
             ttl = self.config.cache.ttl(call.method, need, result, context.shared.pool_head)
@@ -287,9 +302,9 @@ class Gateway:
                 context.after.set(key, json.dumps(result, separators=(",", ":")), px=int(ttl * 1000))
         return result
 
-    async def _read(self, call: Call, caller: Caller, context: Context, need: BlockNeed) -> Any:
+    async def _read(self, call: Call, context: Context, need: BlockNeed) -> Any:
         name, params = call.method.name, call.params
-        seen_block = int(context.seen.get("block", -1))
+        seen_block = context.seen.block
         required: int | None = None
         if need.at_head:
             required = max(context.shared.pool_head if context.shared.pool_head is not None else -1, seen_block)
@@ -301,20 +316,23 @@ class Gateway:
             node_id, result = await self._ask_ahead(name, params, context, asked=node_id)
         number_field = SHOWS_BLOCK.get(name)
         if number_field is not None and isinstance(result, dict) and isinstance(result.get(number_field), str):
-            self._shown(caller, context, to_int(result[number_field]), node_id)
+            self.heads.observe(node_id, to_int(result[number_field]))
         elif name == "eth_blockNumber" and isinstance(result, str):
             self.heads.observe(node_id, to_int(result))
         return result
 
-    def _own_write_node(self, call: Call, context: Context) -> str | None:
+    @staticmethod
+    def _behind_caller(call: Call, result: Any, context: Context) -> bool:
+        """Whether a head answered for another request (cached, or shared in flight) is below a block this caller was
+        shown (a receipt from the block producer, ahead of the quorum's head): a client would count -1 confirmations."""
+        return call.method.name == "eth_blockNumber" and isinstance(result, str) and context.seen.is_above(to_int(result))
+
+    @staticmethod
+    def _own_write_node(call: Call, context: Context) -> str | None:
         """The node that took this caller's last raw transaction, for its ``pending`` reads soon after."""
-        node_id = context.seen.get("node")
-        at = float(context.seen.get("at", 0))
         block_at = call.method.block_at
         pending = block_at is not None and block_at < len(call.params) and call.params[block_at] == "pending"
-        if node_id and pending and time.time() - at < READ_OWN_WRITE_FOR and node_id not in context.shared.blocked:
-            return str(node_id)
-        return None
+        return context.seen.own_write_node(time.time(), context.shared.blocked) if pending else None
 
     async def _ask(self, method: str, params: list[Any], context: Context, *, required: int | None = None,
                    first: str | None = None) -> tuple[str, Any]:
@@ -424,22 +442,10 @@ class Gateway:
             return await self._ask(method, params, context, first=producer(context.shared.view))
         return asked, None
 
-    def _shown(self, caller: Caller, context: Context, block: int, node_id: str) -> None:
-        """The caller has been shown ``block``: its later reads at the head come from nodes that have it."""
-        self.heads.observe(node_id, block)
-        if block > int(context.seen.get("block", -1)):
-            context.seen["block"] = block
-            key = SEEN_KEY.format(caller.key_id)
-            context.after.hset(key, "block", json.dumps(block))
-            context.after.expire(key, SEEN_TTL)
-
     # -- raw transactions ----------------------------------------------------------------------------
 
-    async def _send_raw(self, call: Call, caller: Caller, context: Context) -> str:
+    async def _send_raw(self, call: Call, context: Context) -> str:
         tx_hash, node_id = await self.sender.send(call.params[0], context.shared, await self._expected_chain())
         if node_id is not None:  # the caller's pending reads go to the node that took it (READ_OWN_WRITE_FOR)
-            key = SEEN_KEY.format(caller.key_id)
-            context.seen.update(node=node_id, at=time.time())
-            context.after.hset(key, mapping={"node": json.dumps(node_id), "at": json.dumps(time.time())})
-            context.after.expire(key, SEEN_TTL)
+            context.seen.wrote(node_id, time.time(), context.after)
         return tx_hash

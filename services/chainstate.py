@@ -12,8 +12,8 @@ from __future__ import annotations
 import redis
 
 from gateway.cache import CACHE_PREFIX
-from gateway.gateway import SEEN_KEY
 from gateway.kept import KEPT_KEY, KEPT_SET
+from gateway.shown import SEEN_KEY
 from services.platform import DEPLOY_LOCK_KEY, PLATFORM_KEY
 from services.records import FAILED, TaskStore
 from services.watch import WATCH_KEY, WATCH_SET, ReceiptWatch

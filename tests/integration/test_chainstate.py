@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gateway.cache import cache_key
-from gateway.gateway import SEEN_KEY
 from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, RawTx
+from gateway.shown import SEEN_KEY
 from services.chainstate import reset_chain_state
 from services.platform import DEPLOY_LOCK_KEY, PAYLOAD_KEY, PLATFORM_KEY
 from services.records import CONFIRMED, FAILED, TaskStore

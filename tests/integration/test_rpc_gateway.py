@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import requests
 from eth_account import Account
+from prometheus_client import REGISTRY
 
 from gateway.cache import cache_key
 from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, decode_raw, resend_pass
+from gateway.shown import SEEN_KEY
 from nodepool.rpc import RpcClient, to_int
 from rpc.server import GATEWAY
 from tests.conftest import DB_RPC
@@ -246,6 +248,86 @@ def test_a_caller_reads_its_own_writes(stack: LocalStack) -> None:
         assert call(stack, "eth_getTransactionByHash", [tx_hash])["hash"] == tx_hash
 
 
+def key_id(key: str) -> str:
+    return key.split("_")[1]  # esp_<id>_<secret>
+
+
+def mined_transfer(stack: LocalStack) -> dict[str, Any]:
+    tx = sign(next_nonce(stack))
+    return wait_receipt(stack, call(stack, "eth_sendRawTransaction", [tx.raw_transaction.to_0x_hex()]))
+
+
+def refresh_task(server: RpcServer) -> asyncio.Task:
+    """The server's ``Gateway.run`` task (its refresh loop and queued writes)."""
+    async def find() -> asyncio.Task:
+        return next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Gateway.run")
+
+    return asyncio.run_coroutine_threadsafe(find(), server.loop).result(timeout=10)
+
+
+def test_a_cached_head_below_a_block_the_caller_was_shown_is_not_its_answer(stack: LocalStack) -> None:
+    """A receipt can come from the block producer a moment before the quorum's head (and the cached eth_blockNumber)
+    reaches its block; the caller who saw it must not then be told an older head (seen in CI: a chain scan up to
+    eth_blockNumber missed the last transactions whose receipts had been returned)."""
+    shown, fresh = stack.new_key("shown", "user"), stack.new_key("fresh", "user")
+    receipt = mined_transfer(stack)
+    tx_hash = receipt["transactionHash"]
+    assert post(stack.rpc_url, {"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt",  # type: ignore[attr-defined]
+                                "params": [tx_hash]}, key=shown)[1]["result"]["blockNumber"] == receipt["blockNumber"]
+    head_key = cache_key("eth_blockNumber", [])
+    stack.redis.set(head_key, json.dumps("0x1"), px=30_000)  # another caller's head, long ago
+    try:
+        def head(key: str) -> int:
+            return to_int(post(stack.rpc_url, {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"},  # type: ignore[attr-defined]
+                               key=key)[1]["result"])
+
+        assert head(fresh) == 1  # the cache answers a caller who was shown nothing newer
+        assert head(shown) >= to_int(receipt["blockNumber"])
+    finally:
+        stack.redis.delete(head_key)
+
+
+def test_the_block_a_caller_was_shown_is_stored_before_the_reply(stack: LocalStack) -> None:
+    """Its next request may reach another gateway process, which learns what it was shown from Redis only: the record
+    is written before the reply leaves, not by the queue sent every few milliseconds (stopped here to show it)."""
+    receipt = mined_transfer(stack)
+    server = RpcServer(stack.settings)
+    try:
+        loop_task = refresh_task(server)
+        server.loop.call_soon_threadsafe(server.runner.app[GATEWAY].stop)  # no queued write is sent from now on
+        wait_for(loop_task.done, 5, "the refresh loop to end after stop()")
+        key = stack.new_key("one-process", "user")
+        status, reply, _ = post(server.url, {"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt",
+                                             "params": [receipt["transactionHash"]]}, key=key)
+        assert status == 200 and reply["result"]["blockNumber"] == receipt["blockNumber"]
+        stored = stack.redis.hget(SEEN_KEY.format(key_id(key)), "block")
+        assert stored is not None and json.loads(stored) == to_int(receipt["blockNumber"])
+    finally:
+        server.close()
+
+
+def cache_hits(method: str) -> float:
+    """Cache hits of this process's gateways (the servers run here, in threads)."""
+    return REGISTRY.get_sample_value("esp_rpc_cache_total", {"method": method, "result": "hit"}) or 0.0
+
+
+def test_a_cached_answer_shows_its_block_to_the_caller_as_a_node_answer_does(stack: LocalStack) -> None:
+    """A receipt from the cache (or shared with an identical call in flight) is as much "shown" as one a node gave."""
+    receipt = mined_transfer(stack)
+    block = to_int(receipt["blockNumber"])
+    wait_for(lambda: to_int(call(stack, "eth_blockNumber")) >= block + 4, 30, "the receipt's block to be deep")
+    params = [receipt["transactionHash"]]
+    call(stack, "eth_getTransactionReceipt", params)
+    wait_for(lambda: stack.redis.get(cache_key("eth_getTransactionReceipt", params)), 5, "the cached receipt")
+    key = stack.new_key("from-the-cache", "user")
+    hits = cache_hits("eth_getTransactionReceipt")
+    assert post(stack.rpc_url, {"jsonrpc": "2.0", "id": 1, "method": "eth_getTransactionReceipt",  # type: ignore[attr-defined]
+                                "params": params}, key=key)[1]["result"] == receipt
+    assert cache_hits("eth_getTransactionReceipt") == hits + 1
+    stored = stack.redis.hget(SEEN_KEY.format(key_id(key)), "block")
+    assert stored is not None and json.loads(stored) == block
+
+
 def test_the_rate_limit_counts_every_request_of_a_batch(stack: LocalStack) -> None:
     url = stack.serve_rpc(ESP_RPC_RATE_LIMIT="5 per minute")
     key = stack.new_key("limited", "user")
@@ -263,10 +345,7 @@ def test_the_gateways_refresh_loop_ends_on_stop_alone(stack: LocalStack) -> None
     back as that call's timeout, and a loop that rides out Redis errors would then run on while cleanup awaited it."""
     server = RpcServer(stack.settings)
     try:
-        async def refresh_loop() -> asyncio.Task:
-            return next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Gateway.run")
-
-        loop_task = asyncio.run_coroutine_threadsafe(refresh_loop(), server.loop).result(timeout=10)
+        loop_task = refresh_task(server)
         time.sleep(0.2)
         assert not loop_task.done()
         server.loop.call_soon_threadsafe(server.runner.app[GATEWAY].stop)

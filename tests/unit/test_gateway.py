@@ -13,6 +13,8 @@ from gateway.cache import CachePolicy, InFlight, cache_key
 from gateway.heads import Heads, at_least, pool_head
 from gateway.kept import decode_raw
 from gateway.methods import AT_HEAD, NO_NEED, BlockNeed, InvalidParams, Kind, block_need, check_params, lookup
+from gateway.shown import MAX_SEEN_KEYS, READ_OWN_WRITE_FOR, SEEN_KEY, ShownRecords
+from gateway.state import Deferred
 
 ADDRESS = "0x" + "ab" * 20
 HASH = "0x" + "cd" * 32
@@ -234,3 +236,38 @@ def test_a_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() -> None
         assert marks.commands == [("hdel", ("esp:rpc:breakers", "node-1"))]
 
     asyncio.run(scenario())
+
+
+# -- what a caller was shown ------------------------------------------------------------------------
+
+
+def test_a_caller_record_takes_only_what_is_newer_and_records_only_a_newer_block() -> None:
+    records = ShownRecords()
+    seen = records.get("k1", {b"block": b"7", b"node": b'"node-1"', b"at": b"100.0"})
+    assert (seen.block, seen.node, seen.at) == (7, "node-1", 100.0)
+    assert records.get("k1", {b"block": b"5", b"node": b'"node-2"', b"at": b"50.0"}) is seen  # one record per key
+    assert (seen.block, seen.node) == (7, "node-1")  # an older stored value does not take it back
+    writes = Deferred()
+    seen.show(6, writes)
+    assert writes.commands == [] and seen.block == 7
+    seen.show(9, writes)
+    assert seen.block == 9 and [c[0] for c in writes.commands] == ["hset", "expire"]
+    assert writes.commands[0][1] == (SEEN_KEY.format("k1"), "block", "9")
+    assert seen.is_above(8) and not seen.is_above(9)
+
+
+def test_pending_reads_follow_the_callers_raw_transaction_for_a_while_unless_its_node_is_blocked() -> None:
+    seen = ShownRecords().get("k2", None)
+    assert seen.own_write_node(1000.0, set()) is None
+    seen.wrote("node-2", 1000.0, Deferred())
+    assert seen.own_write_node(1000.0 + READ_OWN_WRITE_FOR - 1, set()) == "node-2"
+    assert seen.own_write_node(1000.0 + READ_OWN_WRITE_FOR + 1, set()) is None
+    assert seen.own_write_node(1001.0, {"node-2"}) is None
+
+
+def test_a_process_keeps_a_bounded_number_of_caller_records_dropping_the_least_recent() -> None:
+    records = ShownRecords()
+    first = records.get("first", {b"block": b"3"})
+    for i in range(MAX_SEEN_KEYS):
+        records.get(f"k{i}", None)
+    assert records.get("first", None) is not first  # dropped: read again from Redis at its next request
