@@ -19,7 +19,7 @@ any transaction not mined (services.batch, services.receipts).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nodepool.rpc import RpcClient
@@ -49,6 +49,14 @@ def is_in_pool(message: str) -> bool:
     """True for a send refused because the transaction is already in the node's pool."""
     text = message.lower()
     return "already known" in text or "already imported" in text
+
+
+def send_raw(leader: RpcClient, raws: Sequence[str]) -> None:
+    """Put raw transactions in the leader's pool (one batch); one it has already is no fault, others are logged."""
+    for reply in leader.batch_raw([("eth_sendRawTransaction", [r]) for r in raws]):
+        err = (reply.get("error") or {}).get("message", "")
+        if err and not is_duplicate(err):
+            log.warning("leader refused a gossiped transaction: %s", err)
 
 
 def forward_pending(
@@ -95,13 +103,9 @@ def forward_pool(
         fresh = list(undelivered)
     if fresh:
         # Raises NodeUnreachable when the leader is gone: the bytes stay in ``undelivered`` (or nothing was dropped).
-        replies = leader.batch_raw([("eth_sendRawTransaction", [r]) for r in fresh])
+        send_raw(leader, fresh)
         if undelivered is not None:
             undelivered.clear()
-        for reply in replies:
-            err = (reply.get("error") or {}).get("message", "")
-            if err and not is_duplicate(err):
-                log.warning("leader refused a gossiped transaction: %s", err)
     if pending and not dropped:
         follower.batch_raw([("anvil_dropTransaction", [h]) for h in pending])
     if forwarded is not None:

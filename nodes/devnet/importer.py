@@ -34,7 +34,7 @@ from typing import Any
 from errors import ChainDiverged, NodeUnreachable
 from nodepool.rpc import RpcClient, to_int
 from nodes.anvil import KEPT_STATES
-from nodes.devnet.forwarding import forward_pool, is_in_pool
+from nodes.devnet.forwarding import forward_pool, is_in_pool, send_raw
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ class BlockImporter:
         count, self._queued_forwarded = forward_pool(self.follower, leader, forwarded=self.forwarded, keep=keep,
                                                      undelivered=self.undelivered)
         return count
+
+    def deliver(self, leader: RpcClient) -> int:
+        """Send ``leader`` what earlier rounds dropped here and could not hand over; returns how many."""
+        raws = list(self.undelivered)
+        if raws:
+            send_raw(leader, raws)  # NodeUnreachable leaves them undelivered
+            self.undelivered.clear()
+        return len(raws)
 
     def forget_forwarded(self) -> None:
         """Forward every transaction in our pool again on the next round (the leader changed)."""

@@ -147,6 +147,7 @@ class FollowerSync:
         while not self.stopping.is_set():
             spec = network.spec(node_id)
             if spec.role == ROLE_LEADER:
+                self._keep_undelivered(importer)
                 return  # promoted: it mines now
             if spec.generation == diverged_in:
                 self.stopping.wait(0.2)  # diverged: wait for a restart (a new generation)
@@ -157,10 +158,14 @@ class FollowerSync:
             try:
                 spec = network.spec(node_id)
                 if spec.role == ROLE_LEADER:
+                    self._keep_undelivered(importer)
                     return
                 if spec.generation != generation or importer is None:
                     generation, forwarded_to = spec.generation, leader_id
+                    # Bytes dropped from the old generation's pool that no leader took yet still go to one.
+                    carried = importer.undelivered if importer is not None else []
                     importer = BlockImporter(network.client(node_id), node_id=node_id)
+                    importer.undelivered[:] = carried
                 if forwarded_to != leader_id:
                     # A new leader has seen none of what we forwarded to the old one (a dead leader's
                     # pool is gone): the queued transactions here go to the new leader again.
@@ -184,6 +189,18 @@ class FollowerSync:
             finally:
                 self.rounds.leave(node_id)
             self.stopping.wait(POLL_INTERVAL)
+
+    def _keep_undelivered(self, importer: BlockImporter | None) -> None:
+        """Promoted: the bytes its last rounds dropped here and could not hand the old leader go to its own pool."""
+        if importer is None or not importer.undelivered:
+            return
+        try:
+            sent = importer.deliver(self.network.client(self.node_id))
+        except (NodeUnreachable, RpcError) as exc:
+            log.error("%s: %d transaction(s) dropped here for the old leader are lost: %s",
+                      self.node_id, len(importer.undelivered), exc)
+            return
+        log.warning("%s: promoted with %d transaction(s) the old leader never took; now in its own pool", self.node_id, sent)
 
     def sync_round(self, leader_id: str, generation: int, importer: BlockImporter) -> None:
         """One round: forward our pool, then import up to IMPORT_BATCH leader blocks or check we are on its chain."""

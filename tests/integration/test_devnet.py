@@ -733,6 +733,35 @@ def test_dead_leader_is_replaced_by_the_most_advanced_follower(make_devnet: Devn
     assert_one_chain(devnet, first + in_pool + after)
 
 
+@pytest.mark.slow
+def test_a_promoted_follower_mines_what_it_took_for_the_dead_leader(make_devnet: DevnetFactory) -> None:
+    """A follower's round drops a transaction from its pool before handing it to the leader; with the leader dead the
+    bytes wait in the round's hands. Promoted, the follower puts them in its own pool: they were not lost with it."""
+    devnet = make_devnet(2)
+    signer = Signer()
+    first = signer.transfers(3)
+    for t in first:
+        devnet.client("node-0").call("eth_sendRawTransaction", [t.raw])
+    assert_one_chain(devnet, first)
+    devnet.stop_node("node-0")
+    follower = devnet.client("node-1")
+    taken = signer.transfers(1)[0]
+    assert follower.call("eth_sendRawTransaction", [taken.raw]) == taken.tx_hash
+    wait_for(lambda: to_int(follower.call("txpool_status")["pending"]) == 0, timeout=5,
+             what="node-1's round to take the transaction out of its pool for the leader")
+    assert follower.call("eth_getTransactionByHash", [taken.tx_hash]) is None  # held only by the sync loop now
+    promoted = None
+    deadline = time.monotonic() + LEADER_GRACE + 10
+    while promoted is None:
+        assert time.monotonic() < deadline, "node-1 did not replace the dead leader"
+        time.sleep(0.1)
+        promoted = devnet.check_leader()
+    assert promoted == "node-1"
+    wait_for(lambda: follower.call("eth_getTransactionReceipt", [taken.tx_hash]) is not None, timeout=10,
+             what="the new leader to mine the transaction it had taken for the old one")
+    assert to_int(follower.call("eth_getTransactionReceipt", [taken.tx_hash])["status"]) == 1
+
+
 # -- 4. divergence ---------------------------------------------------------------------
 
 
