@@ -29,6 +29,13 @@ MAX_SEEN_KEYS = 10_000
 #: Seconds after a raw transaction during which the caller's ``pending`` reads go to the node that took it.
 READ_OWN_WRITE_FOR = 30.0
 
+#: Raise the stored block, never lower it: two processes showing one key blocks 10 and 9 at once may write in either order.
+RAISE_BLOCK = """
+local shown = tonumber(redis.call('HGET', KEYS[1], 'block') or '-1')
+if shown < tonumber(ARGV[1]) then redis.call('HSET', KEYS[1], 'block', ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
 
 @dataclass
 class Shown:
@@ -51,9 +58,7 @@ class Shown:
         """The caller has been shown ``block``: a newer one is recorded on ``writes`` (send them before the reply)."""
         if block > self.block:
             self.block = block
-            key = SEEN_KEY.format(self.key_id)
-            writes.hset(key, "block", json.dumps(block))
-            writes.expire(key, SEEN_TTL)
+            writes.eval(RAISE_BLOCK, 1, SEEN_KEY.format(self.key_id), block, SEEN_TTL)
 
     def wrote(self, node_id: str, now: float, writes: Deferred) -> None:
         """``node_id`` took the caller's raw transaction at ``now`` (wall clock: other processes compare it)."""

@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 
 from gateway.cache import cache_key
 from gateway.kept import KEPT_KEY, KEPT_SET, KeptTransactions, decode_raw, resend_pass
-from gateway.shown import SEEN_KEY
+from gateway.shown import SEEN_KEY, SEEN_TTL, ShownRecords
+from gateway.state import Deferred
 from nodepool.rpc import RpcClient, to_int
 from rpc.server import GATEWAY
 from tests.conftest import DB_RPC
@@ -304,6 +305,24 @@ def test_the_block_a_caller_was_shown_is_stored_before_the_reply(stack: LocalSta
         assert stored is not None and json.loads(stored) == to_int(receipt["blockNumber"])
     finally:
         server.close()
+
+
+def test_two_processes_showing_one_key_blocks_at_once_never_lower_its_record(stack: LocalStack) -> None:
+    """Process A shows block 10 and process B block 9 to the same key at the same moment; B's write may land last."""
+    key_id_ = "concurrent-" + str(time.time_ns())
+    a, b = ShownRecords().get(key_id_, None), ShownRecords().get(key_id_, None)
+    writes_a, writes_b = Deferred(), Deferred()
+    a.show(10, writes_a)
+    b.show(9, writes_b)
+    for writes in (writes_a, writes_b):  # A's first, then B's
+        pipe = stack.redis.pipeline(transaction=False)
+        for name, args, kwargs in writes.commands:
+            getattr(pipe, name)(*args, **kwargs)
+        pipe.execute()
+    stored = stack.redis.hgetall(SEEN_KEY.format(key_id_))
+    assert json.loads(stored[b"block"]) == 10
+    assert 0 < stack.redis.ttl(SEEN_KEY.format(key_id_)) <= SEEN_TTL
+    assert ShownRecords().get(key_id_, stored).block == 10  # as a third process reads it
 
 
 def cache_hits(method: str) -> float:

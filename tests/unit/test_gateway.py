@@ -13,7 +13,7 @@ from gateway.cache import CachePolicy, InFlight, cache_key
 from gateway.heads import Heads, at_least, pool_head
 from gateway.kept import decode_raw
 from gateway.methods import AT_HEAD, NO_NEED, BlockNeed, InvalidParams, Kind, block_need, check_params, lookup
-from gateway.shown import MAX_SEEN_KEYS, READ_OWN_WRITE_FOR, SEEN_KEY, ShownRecords
+from gateway.shown import MAX_SEEN_KEYS, RAISE_BLOCK, READ_OWN_WRITE_FOR, SEEN_KEY, SEEN_TTL, ShownRecords
 from gateway.state import Deferred
 
 ADDRESS = "0x" + "ab" * 20
@@ -251,8 +251,7 @@ def test_a_caller_record_takes_only_what_is_newer_and_records_only_a_newer_block
     seen.show(6, writes)
     assert writes.commands == [] and seen.block == 7
     seen.show(9, writes)
-    assert seen.block == 9 and [c[0] for c in writes.commands] == ["hset", "expire"]
-    assert writes.commands[0][1] == (SEEN_KEY.format("k1"), "block", "9")
+    assert seen.block == 9 and writes.commands == [("eval", (RAISE_BLOCK, 1, SEEN_KEY.format("k1"), 9, SEEN_TTL), {})]
     assert seen.is_above(8) and not seen.is_above(9)
 
 
