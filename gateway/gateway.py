@@ -7,10 +7,11 @@ own merits and answered in order; a batch longer than ``max_batch`` is refused w
 A read goes to the node the balancer's read preference chooses among those that may answer it: not
 left alone by its circuit breaker, and, for ``latest``/``pending`` (or a block number), at the pool's
 head (``gateway.heads``) or at the block — and at the newest block this caller has already been
-shown, so that a client reads its own writes (a cached head below that block is not used for it). A node that does not answer (or times out) is
-replaced by another until ``deadline``; an error *answer* (a revert, with its data) is passed through
-as the node gave it. A by-hash lookup a node answers null is asked of the nodes furthest ahead
-before null is believed. Answers that cannot change are cached (``gateway.cache``).
+shown (``gateway.shown``), so that a client reads its own writes: a cached head below that block is
+not its answer. A node that does not answer (or times out) is replaced by another until ``deadline``;
+an error *answer* (a revert, with its data) is passed through as the node gave it. A by-hash lookup a
+node answers null is asked of the nodes furthest ahead before null is believed. Answers that cannot
+change are cached (``gateway.cache``).
 
 ``eth_sendRawTransaction`` keeps the bytes (``gateway.kept``) and sends them by the write path's
 protocol (``wallet.broadcast``, in a thread): the pool's block producer first, then the balancer's
@@ -21,9 +22,10 @@ breaker marks, in-flight counts) is read by each process every SHARED_EVERY seco
 a request's own Redis reads (what its caller was last shown, cached answers) are one pipelined round
 trip; what it writes (its node call's in-flight mark and outcome, cache entries) is queued and sent
 every FLUSH_EVERY seconds in one round trip for all requests. A newer block the caller was shown is
-written before the reply leaves (one round trip, only then): its next request may reach another process. Node calls
-share one aiohttp session. Measured on this machine, the same gateway under Flask and gunicorn cost ~5 ms of
-CPU per request (bench.rpc): the framework and ~7 Redis round trips, more than a node's answer.
+written before the reply leaves (one round trip, only then): its next request may reach another
+process. Node calls share one aiohttp session. Measured on this machine, the same gateway under
+Flask and gunicorn cost ~5 ms of CPU per request (bench.rpc): the framework and ~7 Redis round
+trips, more than a node's answer.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from gateway.methods import BlockNeed, Kind, block_need
 from gateway.protocol import INVALID_REQUEST, LIMIT_EXCEEDED, NO_NODE, Call, RpcFault, check, error_reply
 from gateway.sending import RawSender, producer
 from gateway.shown import Shown, ShownRecords
-from gateway.state import Deferred, Shared
+from gateway.state import Deferred, Shared, send_commands
 from nodepool.activity import count_on
 from nodepool.aiorpc import AsyncRpcClient
 from nodepool.placement import Placement
@@ -77,6 +79,14 @@ BY_HASH = frozenset({"eth_getTransactionByHash", "eth_getTransactionReceipt", "e
 #: Answers that carry the number of a block the caller has then been shown (and the field it is in).
 SHOWS_BLOCK = {"eth_getTransactionReceipt": "blockNumber", "eth_getTransactionByHash": "blockNumber",
                "eth_getBlockByHash": "number", "eth_getBlockByNumber": "number"}
+
+
+def shown_block(method: str, result: Any) -> int | None:
+    """The number of the block an answer shows (a receipt's, a transaction's, a block's own); None for others."""
+    number_field = SHOWS_BLOCK.get(method)
+    if number_field is not None and isinstance(result, dict) and isinstance(result.get(number_field), str):
+        return to_int(result[number_field])
+    return None
 
 
 @dataclass(frozen=True)
@@ -181,9 +191,9 @@ class Gateway:
 
     async def _send_now(self, context: Context) -> None:
         """Send the writes the caller's next request must find, whichever process takes it (one round trip)."""
-        commands, context.before_reply.commands = context.before_reply.commands, []
+        commands = context.before_reply.take()
         try:
-            await self._execute(commands)
+            await send_commands(self.redis, commands)
         except (redis.RedisError, OSError) as exc:
             log.warning("gateway: what a caller was shown not written before the reply (queued again): %s", exc)
             self._writes.commands.extend(commands)
@@ -226,18 +236,8 @@ class Gateway:
         return shared
 
     async def _flush(self) -> None:
-        """Send the writes requests queued (in-flight marks, outcomes, cache, what callers were shown): one round trip."""
-        commands, self._writes.commands = self._writes.commands, []
-        await self._execute(commands)
-
-    async def _execute(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
-        """Recorded commands sent in one pipelined round trip (none: nothing sent)."""
-        if not commands:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for name, args, kwargs in commands:
-            getattr(pipe, name)(*args, **kwargs)
-        await pipe.execute()
+        """Send the writes requests queued (in-flight marks, outcomes, cache, the nodes callers wrote to): one round trip."""
+        await send_commands(self.redis, self._writes.take())
 
     async def run(self) -> None:
         """Keep this process's view of the pool fresh and send queued writes, until ``stop()`` (``rpc.server``).
@@ -276,10 +276,9 @@ class Gateway:
         if kind in (Kind.NODE_KEY, Kind.ADMIN):
             return (await self._ask(call.method.name, call.params, context, first=producer(context.shared.view)))[1]
         result = await self._cached_or_read(call, context, block_need(call.method, call.params), key)
-        number_field = SHOWS_BLOCK.get(call.method.name)
-        if number_field is not None and isinstance(result, dict) and isinstance(result.get(number_field), str):
-            # This caller's reads at the head now come from nodes that have the block (however the answer was found).
-            context.seen.show(to_int(result[number_field]), context.before_reply)
+        block = shown_block(call.method.name, result)
+        if block is not None:  # this caller's reads at the head now come from nodes that have it, however it was found
+            context.seen.show(block, context.before_reply)
         return result
 
     async def _cached_or_read(self, call: Call, context: Context, need: BlockNeed, key: str | None) -> Any:
@@ -314,9 +313,9 @@ class Gateway:
         node_id, result = await self._ask(name, params, context, required=required, first=first)
         if result is None and name in BY_HASH:
             node_id, result = await self._ask_ahead(name, params, context, asked=node_id)
-        number_field = SHOWS_BLOCK.get(name)
-        if number_field is not None and isinstance(result, dict) and isinstance(result.get(number_field), str):
-            self.heads.observe(node_id, to_int(result[number_field]))
+        block = shown_block(name, result)
+        if block is not None:
+            self.heads.observe(node_id, block)
         elif name == "eth_blockNumber" and isinstance(result, str):
             self.heads.observe(node_id, to_int(result))
         return result

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from nodepool.placement import PlacementView
 
 
@@ -17,6 +19,21 @@ class Deferred:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: self.commands.append((name, args, kwargs))
+
+    def take(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        """The commands recorded so far, forgotten here."""
+        commands, self.commands = self.commands, []
+        return commands
+
+
+async def send_commands(client: aioredis.Redis, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Recorded commands sent in one pipelined round trip (none: nothing sent)."""
+    if not commands:
+        return
+    pipe = client.pipeline(transaction=False)
+    for name, args, kwargs in commands:
+        getattr(pipe, name)(*args, **kwargs)
+    await pipe.execute()
 
 
 @dataclass(frozen=True)
