@@ -77,8 +77,9 @@ class PlatformViews:
         abi = artifact_abi(artifact)
         call = [{"to": address, "data": encode_call(abi, function, args or [])}, "latest"]
         behind: list[str] = []
+        has_outputs = bool(find_function(abi, function).get("outputs"))
         result, node = self.reader.call_with_node("eth_call", call)
-        while result in ("0x", "") and find_function(abi, function).get("outputs"):
+        while has_outputs and result in ("0x", ""):
             behind.append(node)
             result, node = self.reader.call_with_node("eth_call", call, exclude=behind)
         return decode_output(abi, function, result), node

@@ -51,12 +51,12 @@ def is_in_pool(message: str) -> bool:
     return "already known" in text or "already imported" in text
 
 
-def send_raw(leader: RpcClient, raws: Sequence[str]) -> None:
+def send_raw(leader: RpcClient, raws: Sequence[str], *, what: str = "a gossiped transaction") -> None:
     """Put raw transactions in the leader's pool (one batch); one it has already is no fault, others are logged."""
     for reply in leader.batch_raw([("eth_sendRawTransaction", [r]) for r in raws]):
         err = (reply.get("error") or {}).get("message", "")
         if err and not is_duplicate(err):
-            log.warning("leader refused a gossiped transaction: %s", err)
+            log.warning("leader refused %s: %s", what, err)
 
 
 def forward_pending(

@@ -14,7 +14,7 @@ import time
 
 from errors import NodeError
 from nodepool.rpc import RpcClient, to_int
-from nodes.devnet.forwarding import is_duplicate
+from nodes.devnet.forwarding import send_raw
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ def resend_blocks_above(old: RpcClient, new: RpcClient, height: int) -> int:
     if not hashes:
         return 0
     raws = old.batch([("eth_getRawTransactionByHash", [h]) for h in hashes])
-    for reply in new.batch_raw([("eth_sendRawTransaction", [r]) for r in raws if r]):
-        err = (reply.get("error") or {}).get("message", "")
-        if err and not is_duplicate(err):
-            log.warning("new leader refused a transaction of an orphaned block: %s", err)
+    send_raw(new, [r for r in raws if r], what="a transaction of an orphaned block")
     log.warning("re-sent %d transaction(s) of %d block(s) the old leader mined after the hand-over point",
                 len(hashes), old_head - height)
     return len(hashes)
